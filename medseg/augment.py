@@ -1,0 +1,143 @@
+"""The augmentation bank: one labelled support slice expanded into many (image, mask) pairs.
+
+Member 0 is always the original slice. Every other member applies, with its own seed:
+
+* an affine transform (rotation, isotropic scale, shear, translation) to image **and**
+  mask together (linear interpolation for the image, nearest neighbour for the mask);
+* intensity transforms to the image only: brightness/contrast, gamma, Gaussian noise.
+
+Members are reproducible from ``(seed, index)`` alone and record the exact parameters
+applied (albumentations' ``save_applied_params``), including the 2x3 affine matrix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from .errors import UsageError
+
+
+@dataclass(frozen=True)
+class BankConfig:
+    """Size and ranges of the augmentation bank (defaults: moderate, anatomy-preserving)."""
+
+    size: int = 16  # augmented members besides the original
+    rotate_deg: float = 15.0
+    scale: tuple[float, float] = (0.9, 1.1)
+    shear_deg: float = 5.0
+    translate: float = 0.05  # fraction of the frame size
+    brightness: float = 0.2
+    contrast: float = 0.2
+    gamma: tuple[float, float] = (0.8, 1.2)
+    noise_std: tuple[float, float] = (0.0, 0.03)
+    p_affine: float = 0.9
+    p_intensity: float = 0.8
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.size < 0:
+            raise UsageError(f"bank size must be >= 0, got {self.size}")
+        if not (0 < self.scale[0] <= self.scale[1]):
+            raise UsageError(f"scale range {self.scale} must be positive and increasing")
+
+
+@dataclass
+class Bank:
+    """Augmented support members: ``images`` (M, H, W) in [0, 1], ``masks`` (M, H, W) labels."""
+
+    images: np.ndarray
+    masks: np.ndarray
+    params: list[dict] = field(default_factory=list)
+    source_slices: list[int] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def binary_masks(self, values: list[int]) -> np.ndarray:
+        """(M, K, H, W) bool masks, one channel per label value."""
+        return np.stack([self.masks == v for v in values], axis=1)
+
+    @staticmethod
+    def concat(banks: list[Bank]) -> Bank:
+        return Bank(
+            np.concatenate([b.images for b in banks]),
+            np.concatenate([b.masks for b in banks]),
+            [p for b in banks for p in b.params],
+            [s for b in banks for s in b.source_slices],
+        )
+
+
+def _pipeline(cfg: BankConfig, seed: int):
+    import albumentations as A
+    import cv2
+
+    return A.Compose(
+        [
+            A.Affine(
+                rotate=(-cfg.rotate_deg, cfg.rotate_deg),
+                scale=cfg.scale,
+                shear=(-cfg.shear_deg, cfg.shear_deg),
+                translate_percent=(-cfg.translate, cfg.translate),
+                keep_ratio=True,
+                interpolation=cv2.INTER_LINEAR,
+                mask_interpolation=cv2.INTER_NEAREST,
+                border_mode=cv2.BORDER_CONSTANT,
+                fill=0.0,
+                fill_mask=0,
+                p=cfg.p_affine,
+            ),
+            A.RandomBrightnessContrast(
+                brightness_limit=cfg.brightness, contrast_limit=cfg.contrast, p=cfg.p_intensity
+            ),
+            A.RandomGamma(
+                gamma_limit=(cfg.gamma[0] * 100, cfg.gamma[1] * 100), p=cfg.p_intensity
+            ),
+            A.GaussNoise(std_range=cfg.noise_std, p=cfg.p_intensity / 2),
+        ],
+        seed=seed,
+        save_applied_params=True,
+    )
+
+
+def _clean_params(applied: list) -> list[dict]:
+    out = []
+    for name, params in applied:
+        keep = {}
+        for k, v in params.items():
+            if k in ("shape", "bbox_matrix", "output_shape", "noise_map"):
+                continue
+            if isinstance(v, np.ndarray):
+                v = np.round(v, 6).tolist()
+            elif isinstance(v, (np.floating, float)):
+                v = round(float(v), 6)
+            elif isinstance(v, dict):
+                v = {kk: round(float(vv), 6) if isinstance(vv, (float, np.floating)) else vv
+                     for kk, vv in v.items()}
+            keep[k] = v
+        out.append({"transform": name, **keep})
+    return out
+
+
+def build_bank(image: np.ndarray, mask: np.ndarray, cfg: BankConfig | None = None,
+               source_slice: int = -1) -> Bank:
+    """Expand one (image, label mask) slice into ``cfg.size + 1`` members."""
+    cfg = cfg or BankConfig()
+    if image.shape != mask.shape or image.ndim != 2:
+        raise ValueError(f"image {image.shape} and mask {mask.shape} must be equal 2D shapes")
+    img = np.ascontiguousarray(image, dtype=np.float32)
+    msk = np.ascontiguousarray(mask, dtype=np.uint8)
+    images, masks = [img], [msk]
+    params: list[dict] = [{"member": 0, "identity": True, "source_slice": source_slice}]
+    for i in range(1, cfg.size + 1):
+        res = _pipeline(cfg, seed=cfg.seed * 100_003 + i)(image=img, mask=msk)
+        images.append(np.clip(res["image"], 0.0, 1.0).astype(np.float32))
+        masks.append(res["mask"].astype(np.uint8))
+        params.append({"member": i, "seed": cfg.seed * 100_003 + i, "source_slice": source_slice,
+                       "applied": _clean_params(res["applied_transforms"])})
+    return Bank(np.stack(images), np.stack(masks), params, [source_slice] * len(images))
+
+
+def describe(cfg: BankConfig) -> dict:
+    return asdict(cfg)

@@ -1,0 +1,206 @@
+"""Turning a volume into a sequence of 2D frames for SAM2, and back.
+
+Frames are cut from the canonical (S, P, L) array (see :mod:`medseg.io`) along one axis:
+
+* ``axial``: frame rows run anterior->posterior, columns patient right->left
+  (radiological view); frame index runs inferior->superior.
+* ``coronal``: rows superior->inferior, columns right->left; index anterior->posterior.
+* ``sagittal``: rows superior->inferior, columns anterior->posterior; index right->left.
+
+Intensities are mapped to [0, 1] per volume (never per slice): a CT window, or a
+percentile clip for MRI and other modalities.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import UsageError
+from .io import Orientation, Volume, canonical_spacing_zyx, from_canonical, to_canonical
+
+AXES = ("axial", "coronal", "sagittal")
+
+# (low, high) in HU
+CT_WINDOWS: dict[str, tuple[float, float]] = {
+    "abdomen": (-125.0, 275.0),  # the benchmark convention (W400 L75)
+    "soft-tissue": (-160.0, 240.0),  # W400 L40
+    "lung": (-1350.0, 150.0),  # W1500 L-600
+    "bone": (-450.0, 1050.0),  # W1500 L300
+    "brain": (0.0, 80.0),  # W80 L40
+}
+MR_PERCENTILES = (0.5, 99.5)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def parse_window(spec: str | None) -> tuple[float, float] | None:
+    """``None`` | preset name | ``"L,W"`` -> (low, high) in HU."""
+    if spec is None or spec == "auto":
+        return None
+    if spec in CT_WINDOWS:
+        return CT_WINDOWS[spec]
+    try:
+        level, width = (float(v) for v in spec.split(","))
+    except ValueError:
+        raise UsageError(
+            f"--window {spec!r}: use a preset ({', '.join(CT_WINDOWS)}) or 'LEVEL,WIDTH' "
+            "in HU, e.g. '40,400'"
+        ) from None
+    if width <= 0:
+        raise UsageError(f"--window {spec!r}: width must be positive")
+    return (level - width / 2.0, level + width / 2.0)
+
+
+def guess_modality(arr: np.ndarray) -> str:
+    """'ct' when the darkest voxels look like air in Hounsfield units, else 'mr'."""
+    sample = arr.ravel()[:: max(1, arr.size // 200_000)]
+    return "ct" if np.percentile(sample, 1) < -500 else "mr"
+
+
+def normalize_intensity(
+    arr: np.ndarray, modality: str = "auto", window: tuple[float, float] | None = None
+) -> tuple[np.ndarray, dict]:
+    """Map a volume to float32 [0, 1]; returns the array and what was done."""
+    modality = guess_modality(arr) if modality == "auto" else modality
+    if modality == "ct":
+        lo, hi = window or CT_WINDOWS["abdomen"]
+        how = {"modality": "ct", "window_hu": [lo, hi]}
+    else:
+        if window is not None:
+            lo, hi = window
+            how = {"modality": modality, "window": [lo, hi]}
+        else:
+            sample = arr.ravel()[:: max(1, arr.size // 2_000_000)].astype(np.float64)
+            fg = sample[sample > sample.min()]  # foreground: everything above the background floor
+            fg = fg if fg.size >= 100 else sample
+            lo, hi = np.percentile(fg, MR_PERCENTILES)
+            if hi <= lo:
+                hi = lo + 1.0
+            how = {
+                "modality": modality,
+                "percentiles": list(MR_PERCENTILES),
+                "clip": [float(lo), float(hi)],
+            }
+    out = (np.clip(arr.astype(np.float32), lo, hi) - np.float32(lo)) / np.float32(hi - lo)
+    return out.astype(np.float32, copy=False), how
+
+
+def _check_axis(axis: str) -> None:
+    if axis not in AXES:
+        raise UsageError(f"axis {axis!r}: choose one of {', '.join(AXES)}")
+
+
+def canonical_to_frames(canon: np.ndarray, axis: str) -> np.ndarray:
+    """(S, P, L) canonical array -> (n_frames, rows, cols) view."""
+    _check_axis(axis)
+    if axis == "axial":
+        return canon
+    if axis == "coronal":
+        return np.flip(np.transpose(canon, (1, 0, 2)), axis=1)
+    return np.flip(np.transpose(canon, (2, 0, 1)), axis=1)
+
+
+def frames_to_canonical(frames: np.ndarray, axis: str) -> np.ndarray:
+    """Exact inverse of :func:`canonical_to_frames`."""
+    _check_axis(axis)
+    if axis == "axial":
+        return frames
+    if axis == "coronal":
+        return np.transpose(np.flip(frames, axis=1), (1, 0, 2))
+    return np.transpose(np.flip(frames, axis=1), (1, 2, 0))
+
+
+@dataclass
+class FrameStack:
+    """Frames cut from a volume plus what is needed to put masks back on its grid."""
+
+    frames: np.ndarray  # (n, rows, cols), float32 in [0, 1]
+    spacing: tuple[float, float, float]  # (between frames, row, col) in mm
+    axis: str
+    orientation: Orientation
+    intensity: dict
+
+    def __len__(self) -> int:
+        return int(self.frames.shape[0])
+
+    def to_volume_array(self, masks: np.ndarray) -> np.ndarray:
+        """(n, rows, cols) masks -> array in the source volume's own (z, y, x) layout."""
+        if masks.shape != self.frames.shape:
+            raise ValueError(f"mask stack {masks.shape} does not match frames {self.frames.shape}")
+        return from_canonical(frames_to_canonical(masks, self.axis), self.orientation)
+
+    def source_index(self, shape: tuple[int, int, int]) -> tuple[int, np.ndarray]:
+        """(source array axis, source index of every frame) for a volume of ``shape`` (z, y, x).
+
+        Frame ``f`` is the slice ``index[f]`` along array axis ``axis`` of the original
+        volume; computed through the same (view-only) transforms the frames went through.
+        """
+        grids = [np.broadcast_to(np.arange(n).reshape([-1 if a == k else 1 for a in range(3)]),
+                                 shape) for k, n in enumerate(shape)]
+        firsts = [canonical_to_frames(self.orientation.apply(g), self.axis)[:, 0, 0] for g in grids]
+        for k, f in enumerate(firsts):
+            if len(f) > 1 and f[0] != f[1] or len(f) == 1 and shape[k] == 1:
+                return k, np.asarray(f)
+        k = [i for i in range(3) if shape[i] == len(firsts[0])][0]
+        return k, np.asarray(firsts[k])
+
+
+def volume_to_frames(
+    vol: Volume,
+    axis: str = "axial",
+    modality: str = "auto",
+    window: tuple[float, float] | None = None,
+) -> FrameStack:
+    """Normalised frames of a volume along ``axis`` in canonical orientation."""
+    canon, orient = to_canonical(vol)
+    sz, sy, sx = canonical_spacing_zyx(vol, orient)
+    norm, how = normalize_intensity(canon, modality, window)
+    frames = np.ascontiguousarray(canonical_to_frames(norm, axis))
+    spacing = {"axial": (sz, sy, sx), "coronal": (sy, sz, sx), "sagittal": (sx, sz, sy)}[axis]
+    return FrameStack(frames, spacing, axis, orient, how)
+
+
+def label_to_frames(label: Volume, axis: str = "axial") -> np.ndarray:
+    """Integer label volume -> (n, rows, cols) frames in the same layout as the image's."""
+    canon, _ = to_canonical(label)
+    return np.ascontiguousarray(canonical_to_frames(canon, axis))
+
+
+def resample_frame(
+    frame: np.ndarray,
+    spacing: tuple[float, float],
+    out_shape: tuple[int, int],
+    out_spacing: tuple[float, float],
+    order: int = 1,
+    cval: float = 0.0,
+) -> np.ndarray:
+    """Resample a 2D frame to another pixel grid at the same physical scale, centres aligned."""
+    from scipy import ndimage
+
+    scale = np.asarray(out_spacing, float) / np.asarray(spacing, float)  # src px per dst px
+    in_c = (np.asarray(frame.shape, float) - 1) / 2.0
+    out_c = (np.asarray(out_shape, float) - 1) / 2.0
+    offset = in_c - scale * out_c
+    return ndimage.affine_transform(
+        frame, scale, offset=offset, output_shape=tuple(out_shape), order=order,
+        mode="constant", cval=cval, prefilter=False,
+    )
+
+
+def to_model_input(frames: np.ndarray, image_size: int, device=None, dtype=None):
+    """(n, H, W) [0, 1] frames -> (n, 3, S, S) tensor normalised as SAM2 expects."""
+    import torch
+    import torch.nn.functional as F
+
+    t = torch.as_tensor(np.ascontiguousarray(frames), dtype=torch.float32)
+    if device is not None:
+        t = t.to(device)
+    t = t[:, None]
+    if t.shape[-2:] != (image_size, image_size):
+        t = F.interpolate(t, size=(image_size, image_size), mode="bilinear", align_corners=False)
+    mean = torch.tensor(IMAGENET_MEAN, device=t.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=t.device).view(1, 3, 1, 1)
+    t = (t.expand(-1, 3, -1, -1) - mean) / std
+    return t.to(dtype) if dtype is not None else t

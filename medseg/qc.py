@@ -1,0 +1,106 @@
+"""Quality-control pictures: what was matched, what was segmented, where it may drift."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from .api import Result
+
+
+def _figure():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _aspect(spacing_rc: tuple[float, float]) -> float:
+    return float(spacing_rc[0] / spacing_rc[1])
+
+
+def pick_frames(labels: np.ndarray, count: int = 8) -> list[int]:
+    """Evenly spaced frames over the predicted extent (or the whole stack if empty)."""
+    has = np.nonzero(labels.reshape(labels.shape[0], -1).any(axis=1))[0]
+    lo, hi = (int(has.min()), int(has.max())) if has.size else (0, labels.shape[0] - 1)
+    idx = np.unique(np.linspace(lo, hi, min(count, hi - lo + 1)).round().astype(int))
+    return [int(i) for i in idx]
+
+
+def qc_figure(result: Result, path: str | os.PathLike, count: int = 8, dpi: int = 90) -> Path:
+    """Mosaic: query slices with the mask contour, each beside its matched support member,
+    then per-slice mask area (mm^2) and SAM2 object score along the stack."""
+    plt = _figure()
+    frames = result.query_frames.frames
+    labels = result.label_frames
+    sp = result.query_frames.spacing
+    aspect = _aspect(sp[1:])
+    picks = pick_frames(labels, count)
+    group = result.groups[0]
+    match = result.matches.get(0)
+    colors = [np.array(s.color) / 255.0 for s in result.segments]
+    cols = len(picks)
+    fig = plt.figure(figsize=(2.1 * cols, 7.2), constrained_layout=True)
+    gs = fig.add_gridspec(3, cols, height_ratios=[1, 1, 1.1])
+    for j, f in enumerate(picks):
+        ax = fig.add_subplot(gs[0, j])
+        ax.imshow(frames[f], cmap="gray", vmin=0, vmax=1, aspect=aspect)
+        for s, c in zip(result.segments, colors):
+            m = labels[f] == s.value
+            if m.any():
+                ax.contour(m, levels=[0.5], colors=[c], linewidths=1.0)
+        ax.set_title(f"query {f}", fontsize=8)
+        ax.axis("off")
+        ax2 = fig.add_subplot(gs[1, j])
+        mem = int(match[f]) if match is not None and match[f] >= 0 else 0
+        ax2.imshow(group.bank.images[mem], cmap="gray", vmin=0, vmax=1, aspect=aspect)
+        for s, v, c in zip(result.segments, group.values, colors):
+            m = group.bank.masks[mem] == v
+            if m.any():
+                ax2.contour(m, levels=[0.5], colors=[c], linewidths=1.0)
+        ax2.set_title(f"support #{mem}", fontsize=8)
+        ax2.axis("off")
+    ax3 = fig.add_subplot(gs[2, :])
+    px_mm2 = float(sp[1] * sp[2])
+    x = np.arange(frames.shape[0])
+    for s, c in zip(result.segments, colors):
+        ax3.plot(x, np.count_nonzero(labels == s.value, axis=(1, 2)) * px_mm2, color=c,
+                 label=f"{s.name} area")
+    ax3.set_xlabel(f"{result.query_frames.axis} frame")
+    ax3.set_ylabel("mask area (mm²)")
+    if result.object_scores is not None and np.isfinite(result.object_scores).any():
+        ax4 = ax3.twinx()
+        for k, c in enumerate(colors):
+            ax4.plot(x, result.object_scores[:, k], ls="--", color=c, alpha=0.7)
+        ax4.axhline(0, color="grey", lw=0.5)
+        ax4.set_ylabel("SAM2 object score (dashed; >0 = present)")
+    ax3.legend(loc="upper left", fontsize=8)
+    engine = result.report.get("engine") or {}
+    note = " — RANDOM-WEIGHT MODEL: masks are meaningless" if engine.get("random_weights") else ""
+    fig.suptitle(f"medseg QC: top query, middle matched support{note}", fontsize=10)
+    fig.savefig(path, dpi=dpi, format="png")
+    plt.close(fig)
+    return Path(path)
+
+
+def per_slice_dice_plot(dice: np.ndarray, path: str | os.PathLike, labels: list[str],
+                        axis_name: str = "slice") -> Path:
+    """Per-slice Dice along the stack, one line per label (NaN where both are empty)."""
+    plt = _figure()
+    fig, ax = plt.subplots(figsize=(8, 3), constrained_layout=True)
+    for k, name in enumerate(labels):
+        ax.plot(np.arange(dice.shape[0]), dice[:, k], marker=".", label=name)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel(axis_name)
+    ax.set_ylabel("Dice")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.savefig(path, dpi=100, format="png")
+    plt.close(fig)
+    return Path(path)
