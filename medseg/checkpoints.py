@@ -210,3 +210,37 @@ def validate_checkpoint(path: Path, model: str, *, from_cache: bool = False) -> 
             f"pass --model {found} or the matching checkpoint"
         )
     return {"model_size": found, **meta}
+
+
+def build_random_checkpoint(
+    path: str | os.PathLike,
+    model: str = "tiny",
+    image_size: int = 256,
+    seed: int = 0,
+    object_score_bias: float | None = None,
+) -> Path:
+    """Save a SAM2.1 checkpoint with random weights, built from the real sam2 config.
+
+    For tests, smoke runs and speed benchmarks only: its masks carry no anatomy, and the file
+    is marked ``random_weights`` so reports and pictures say so. ``object_score_bias`` sets
+    the bias of the object-score head (positive: the model "sees" an object on every frame,
+    so code paths that handle non-empty masks are exercised).
+    """
+    import torch
+    from sam2.build_sam import build_sam2_video_predictor
+
+    spec = model_spec(model)
+    torch.manual_seed(seed)
+    m = build_sam2_video_predictor(spec.config, None, device="cpu",
+                                   hydra_overrides_extra=[f"++model.image_size={image_size}"])
+    sd = m.state_dict()
+    if object_score_bias is not None:
+        sd["sam_mask_decoder.pred_obj_score_head.layers.2.bias"].fill_(float(object_score_bias))
+    meta = {"image_size": int(image_size), "random_weights": True, "model": model, "seed": seed,
+            "object_score_bias": object_score_bias}
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.part")
+    torch.save({"model": sd, "medseg": meta}, tmp)
+    os.replace(tmp, out)
+    return out

@@ -83,8 +83,8 @@ def normalize_intensity(
                 "percentiles": list(MR_PERCENTILES),
                 "clip": [float(lo), float(hi)],
             }
-    out = (np.clip(arr.astype(np.float32), lo, hi) - np.float32(lo)) / np.float32(hi - lo)
-    return out.astype(np.float32, copy=False), how
+    out = (arr.astype(np.float32) - np.float32(lo)) / np.float32(hi - lo)
+    return np.clip(out, 0.0, 1.0, out=out), how
 
 
 def _check_axis(axis: str) -> None:

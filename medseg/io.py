@@ -213,6 +213,8 @@ def read_image(path: str | os.PathLike, *, series: str | None = None, name: str 
             raise InputError(f"{name} {p}: not readable (check permissions)")
         if p.stat().st_size == 0:
             raise InputError(f"{name} {p}: file is empty")
+        if _suffix(p) in NIFTI_SUFFIXES:
+            _check_nifti_complete(p, name)
         try:
             img = sitk.ReadImage(str(p))
         except RuntimeError as exc:
@@ -247,6 +249,44 @@ def read_image(path: str | os.PathLike, *, series: str | None = None, name: str 
     _check_direction(direction, str(p))
     vol = Volume.from_sitk(img, path=str(p), **meta)
     return vol
+
+
+def _check_nifti_complete(p: Path, name: str) -> None:
+    """Catch truncated NIfTI files, which ITK may read without complaint (zero-filled).
+
+    The expected size comes from the header; for gzip files the stream's trailer stores the
+    uncompressed size (mod 2**32), so no decompression is needed.
+    """
+    import gzip
+    import io
+    import struct
+
+    try:
+        import nibabel as nib
+
+        opener = gzip.open if p.name.lower().endswith(".gz") else open
+        with opener(p, "rb") as fh:
+            raw = fh.read(540)
+        sizeof_hdr = struct.unpack("<i", raw[:4])[0]
+        if sizeof_hdr not in (348, 540):
+            sizeof_hdr = struct.unpack(">i", raw[:4])[0]
+        cls = nib.Nifti2Header if sizeof_hdr == 540 else nib.Nifti1Header
+        hdr = cls.from_fileobj(io.BytesIO(raw))
+        expected = int(hdr["vox_offset"]) + int(np.prod(hdr.get_data_shape())) * int(
+            hdr.get_data_dtype().itemsize)
+    except Exception:
+        return  # not parseable here: let SimpleITK report it
+    if p.name.lower().endswith(".gz"):
+        with open(p, "rb") as fh:
+            fh.seek(-4, os.SEEK_END)
+            (isize,) = struct.unpack("<I", fh.read(4))
+        ok = isize == expected % (1 << 32)
+    else:
+        ok = p.stat().st_size >= expected
+    if not ok:
+        raise InputError(
+            f"{name} {p}: cannot read: file is truncated or corrupt (re-copy or re-export it)"
+        )
 
 
 def _explain_read_error(p: Path, msg: str, name: str) -> str:

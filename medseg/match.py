@@ -41,7 +41,6 @@ def ssim_distance(
     query: np.ndarray, bank: np.ndarray, size: int = 128, win: int = 7, chunk: int = 32
 ) -> np.ndarray:
     """(n, M) 1 - mean SSIM, data range 1 (frames in [0, 1])."""
-    import torch
     import torch.nn.functional as F
 
     c1, c2 = 0.01**2, 0.03**2

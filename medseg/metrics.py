@@ -148,3 +148,97 @@ def per_slice_dice(pred: np.ndarray, ref: np.ndarray, axis: int = 0) -> np.ndarr
     total = np.count_nonzero(p, axis=1) + np.count_nonzero(r, axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(total > 0, 2.0 * inter / np.maximum(total, 1), np.nan)
+
+
+@dataclass
+class Evaluation:
+    """Scores of a prediction file against a reference file."""
+
+    pred: str
+    ref: str
+    scores: list[LabelScores]
+    spacing_zyx: tuple[float, float, float]
+    per_slice: np.ndarray  # (n_axial_slices, n_labels) Dice, inferior -> superior
+    implementation: str
+    ref_labels: list[int]
+
+    def as_dict(self) -> dict:
+        return {
+            "pred": self.pred,
+            "ref": self.ref,
+            "spacing_zyx_mm": list(self.spacing_zyx),
+            "implementation": self.implementation,
+            "empty_mask_rules": "both empty: NaN for all; one empty: Dice/IoU/NSD 0, HD95/ASSD inf",
+            "labels": [{**s.as_dict(), "ref_label": r} for s, r in zip(self.scores, self.ref_labels)],
+            "per_slice_dice": self.per_slice.tolist(),
+        }
+
+    def to_csv(self) -> str:
+        cols = list(LabelScores.__dataclass_fields__) + ["ref_label"]
+        lines = [",".join(cols)]
+        for s, r in zip(self.scores, self.ref_labels):
+            d = {**s.as_dict(), "ref_label": r}
+            lines.append(",".join(_fmt(d[c]) for c in cols))
+        return "\n".join(lines) + "\n"
+
+
+def _fmt(v: object) -> str:
+    if isinstance(v, float):
+        return "nan" if math.isnan(v) else ("inf" if math.isinf(v) else f"{v:.6g}")
+    return str(v)
+
+
+def evaluate_files(
+    pred_path: str,
+    ref_path: str,
+    labels: Sequence[int] | None = None,
+    ref_labels: Sequence[int] | None = None,
+    tolerance_mm: float = 2.0,
+) -> Evaluation:
+    """Score two label files on the same grid; a grid mismatch is an error, never resampled."""
+    from .errors import InputError
+    from .frames import label_to_frames
+    from .io import read_image, same_geometry
+
+    pred = read_image(pred_path, name="prediction")
+    ref = read_image(ref_path, name="reference")
+    diffs = same_geometry(ref, pred)
+    if diffs:
+        raise InputError(
+            f"prediction {pred_path} and reference {ref_path} are on different grids "
+            f"(reference first): {'; '.join(diffs)}. Resample one onto the other explicitly "
+            "(nearest neighbour) before evaluating"
+        )
+    for name, vol in (("prediction", pred), ("reference", ref)):
+        a = vol.array
+        if np.issubdtype(a.dtype, np.floating) and not np.array_equal(a, np.round(a)):
+            raise InputError(f"{name} {vol.path}: holds non-integer values; give a label map")
+    p, r = pred.array.astype(np.int64), ref.array.astype(np.int64)
+    if labels is None:
+        labels = sorted(int(v) for v in np.union1d(np.unique(p), np.unique(r)) if v != 0)
+    ref_labels = list(ref_labels) if ref_labels else list(labels)
+    if len(ref_labels) != len(labels):
+        from .errors import UsageError
+
+        raise UsageError(f"--ref-labels has {len(ref_labels)} values for {len(labels)} --labels")
+    scores = evaluate_labelmaps(p, r, pred.spacing_zyx, labels, tolerance_mm, ref_labels)
+    pf, rf = label_to_frames(pred.with_array(p)), label_to_frames(ref.with_array(r))
+    per_slice = np.stack([per_slice_dice(pf == lp, rf == lr) for lp, lr in zip(labels, ref_labels)],
+                         axis=1) if labels else np.zeros((pf.shape[0], 0))
+    return Evaluation(str(pred_path), str(ref_path), scores, pred.spacing_zyx, per_slice,
+                      implementation(), list(ref_labels))
+
+
+def format_table(ev: Evaluation) -> str:
+    """Plain-text table of an evaluation."""
+    head = f"{'label':>5} {'ref':>4} {'Dice':>7} {'IoU':>7} {'HD95mm':>8} {'ASSDmm':>8} " \
+           f"{'NSD@' + format(ev.scores[0].nsd_tolerance_mm if ev.scores else 2.0, 'g') + 'mm':>9}" \
+           f" {'pred ml':>9} {'ref ml':>9}"
+    rows = [head]
+    for s, r in zip(ev.scores, ev.ref_labels):
+        rows.append(f"{s.label:>5} {r:>4} {_fmt(s.dice):>7} {_fmt(s.iou):>7} {_fmt(s.hd95_mm):>8} "
+                    f"{_fmt(s.assd_mm):>8} {_fmt(s.nsd):>9} {s.pred_volume_ml:>9.2f} "
+                    f"{s.ref_volume_ml:>9.2f}")
+    rows.append(f"distances: {ev.implementation}; spacing (z,y,x) mm = "
+                f"{tuple(round(x, 4) for x in ev.spacing_zyx)}")
+    return "\n".join(rows)

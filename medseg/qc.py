@@ -60,7 +60,7 @@ def qc_figure(result: Result, path: str | os.PathLike, count: int = 8, dpi: int 
         ax2 = fig.add_subplot(gs[1, j])
         mem = int(match[f]) if match is not None and match[f] >= 0 else 0
         ax2.imshow(group.bank.images[mem], cmap="gray", vmin=0, vmax=1, aspect=aspect)
-        for s, v, c in zip(result.segments, group.values, colors):
+        for v, c in zip(group.values, colors):
             m = group.bank.masks[mem] == v
             if m.any():
                 ax2.contour(m, levels=[0.5], colors=[c], linewidths=1.0)

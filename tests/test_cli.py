@@ -1,0 +1,127 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import phantom
+
+from medseg.cli import main
+from medseg.errors import EXIT_INPUT, EXIT_MODEL, EXIT_OUTPUT, EXIT_RUNTIME, EXIT_USAGE
+from medseg.io import Volume, write_image
+
+
+def run(args, capsys):
+    code = main([str(a) for a in args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_help_is_light():
+    """--help must not import numpy-heavy stacks (torch, sam2, SimpleITK)."""
+    code = ("import sys; from medseg.cli import main; rc = main(['--help']); "
+            "heavy = [m for m in ('torch', 'sam2', 'SimpleITK', 'monai', 'albumentations') "
+            "if m in sys.modules]; print('HEAVY', heavy); sys.exit(rc)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "HEAVY []" in r.stdout and "segment" in r.stdout
+
+
+def test_version_and_info(capsys):
+    code, out, _ = run(["--version"], capsys)
+    assert code == 0 and out.startswith("medseg ")
+    code, out, _ = run(["info"], capsys)
+    assert code == 0 and "sam2" in out and "checkpoint cache" in out
+
+
+def test_usage_error_exit_code(capsys):
+    code, _, err = run(["segment", "--bogus"], capsys)
+    assert code == EXIT_USAGE
+
+
+@pytest.fixture
+def label_files(tmp_path):
+    img, lab = phantom()
+    pred = lab.array.copy()
+    pred[pred == 2] = 0  # drop one organ
+    p, r = tmp_path / "pred.nii.gz", tmp_path / "ref.nii.gz"
+    write_image(lab.with_array(pred), p)
+    write_image(lab, r)
+    return p, r, lab
+
+
+def test_evaluate(tmp_path, label_files, capsys):
+    p, r, _ = label_files
+    csv, js, png = tmp_path / "m.csv", tmp_path / "m.json", tmp_path / "d.png"
+    code, out, err = run(["evaluate", "--pred", p, "--ref", r, "--csv", csv, "--json", js,
+                          "--plot", png], capsys)
+    assert code == 0, err
+    assert "MONAI" in out and "Dice" in out
+    rows = csv.read_text().splitlines()
+    assert rows[0].startswith("label,dice") and rows[1].startswith("1,1,")
+    assert rows[2].startswith("2,0,0,inf,inf,0,")
+    data = json.loads(js.read_text())
+    assert data["labels"][0]["dice"] == 1.0 and data["labels"][1]["hd95_mm"] is None
+    assert png.stat().st_size > 5000
+    code, _, err = run(["evaluate", "--pred", p, "--ref", r, "--csv", csv], capsys)
+    assert code == EXIT_OUTPUT and "--overwrite" in err
+    code, out, _ = run(["evaluate", "-p", p, "-r", r, "--labels", "1", "--ref-labels", "1"], capsys)
+    assert code == 0
+
+
+def test_evaluate_geometry_mismatch(tmp_path, label_files, capsys):
+    p, _, lab = label_files
+    moved = tmp_path / "moved.nii.gz"
+    write_image(Volume(lab.array, lab.spacing, (0, 0, 0), lab.direction), moved)
+    code, _, err = run(["evaluate", "--pred", p, "--ref", moved], capsys)
+    assert code == EXIT_INPUT and "different grids" in err and "origin" in err
+    assert "Traceback" not in err
+
+
+def test_segment_input_errors(tmp_path, label_files, capsys):
+    p, r, _ = label_files
+    code, _, err = run(["segment", "-s", tmp_path / "nope.nii.gz", "-l", r, "-i", p,
+                        "-o", tmp_path / "o"], capsys)
+    assert code == EXIT_INPUT and "no such file" in err and "Traceback" not in err
+    code, _, err = run(["segment", "-s", p, "-l", r, "-i", p, "-o", tmp_path / "o",
+                        "--window", "bad"], capsys)
+    assert code == EXIT_USAGE and "--window" in err
+    code, _, err = run(["segment", "-s", p, "-l", r, "-i", p, "-o", tmp_path / "o",
+                        "--checkpoint", tmp_path / "none.pt", "--matcher", "ncc"], capsys)
+    assert code == EXIT_MODEL and "no such file" in err
+
+
+def test_segment_no_cuda(tmp_path, label_files, capsys, monkeypatch, random_checkpoint):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    p, r, _ = label_files
+    code, _, err = run(["segment", "-s", p, "-l", r, "-i", p, "-o", tmp_path / "o", "--device",
+                        "cuda", "--checkpoint", random_checkpoint], capsys)
+    assert code == EXIT_RUNTIME and "no CUDA GPU" in err
+
+
+@pytest.mark.slow
+def test_segment_end_to_end(tmp_path, random_checkpoint, capsys):
+    s_img, s_lab = phantom(shape=(16, 40, 44), direction=np.eye(3), seed=3)
+    q_img, _ = phantom(shape=(12, 36, 40), seed=4)
+    files = {}
+    for k, v in (("s", s_img), ("l", s_lab), ("q", q_img)):
+        files[k] = tmp_path / f"{k}.nii.gz"
+        write_image(v, files[k])
+    before = {k: f.read_bytes() for k, f in files.items()}
+    out = tmp_path / "out"
+    args = ["-q", "segment", "-s", files["s"], "-l", files["l"], "-i", files["q"], "-o", out,
+            "--checkpoint", random_checkpoint, "--device", "cpu", "--labels", "1,2",
+            "--names", "liver,spleen", "--bank-size", "2", "--qc", out / "qc.png",
+            "--report", out / "r.json"]
+    code, _, err = run(args, capsys)
+    assert code == 0, err
+    names = sorted(x.name for x in out.iterdir())
+    assert names == ["q.seg.nrrd", "q_labels.ctbl", "q_labels.nii.gz", "qc.png", "r.json"]
+    assert {k: f.read_bytes() for k, f in files.items()} == before  # inputs untouched
+    code, _, err = run(args, capsys)
+    assert code == EXIT_OUTPUT and "--overwrite" in err
+    code, _, err = run([*args, "--overwrite"], capsys)
+    assert code == 0, err
+    assert not [x for x in out.iterdir() if x.name.startswith(".")]  # no temp files left
