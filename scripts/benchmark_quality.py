@@ -1,0 +1,237 @@
+"""Quality benchmark on the public example cases: medseg against training-free baselines.
+
+    python scripts/benchmark_quality.py [--checkpoint PATH | --random-weights]
+        [--cases ct-liver-spleen,...] [--bank-sizes 16] [--matchers ssim,sam2]
+        [--modes pair,volume] [--bspline] [--out benchmarks/quality]
+
+Methods, side by side:
+  copy          the support label resampled onto the query grid in world coordinates
+  registration  SimpleITK affine (+ optional B-spline) registration of the support image to
+                the query (Mattes mutual information), label warped with nearest neighbour
+  transfer      for each query slice, the mask of its matched bank member (no SAM2)
+  medseg        SAM2 in each mode; with --random-weights the rows say "RANDOM WEIGHTS" and are
+                no measure of quality (they exercise the pipeline only)
+
+Scores per case and label: Dice, HD95 (mm) and surface Dice at 2 mm, over the whole query
+volume and over the slices that contain the structure in the reference (the paper's
+protocol: both masks restricted to those slices). Writes CSV and JSON (versions, machine,
+checkpoint hash) and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from medseg import data
+from medseg.api import SegmentConfig, Segmenter, machine, versions
+from medseg.augment import BankConfig
+from medseg.frames import label_to_frames
+from medseg.io import Volume, read_image
+from medseg.metrics import implementation, surface_metrics
+
+
+def copy_baseline(support_label: Volume, query: Volume) -> np.ndarray:
+    import SimpleITK as sitk
+
+    res = sitk.Resample(support_label.to_sitk(), query.to_sitk(), sitk.Transform(),
+                        sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    return sitk.GetArrayFromImage(res)
+
+
+def registration_baseline(support: Volume, support_label: Volume, query: Volume,
+                          bspline: bool = False, seed: int = 0) -> np.ndarray:
+    """Affine (+ B-spline) registration, Mattes MI, multi-resolution; NN label warp."""
+    import SimpleITK as sitk
+
+    fixed = sitk.Cast(query.to_sitk(), sitk.sitkFloat32)
+    moving = sitk.Cast(support.to_sitk(), sitk.sitkFloat32)
+    init = sitk.CenteredTransformInitializer(fixed, moving, sitk.AffineTransform(3),
+                                             sitk.CenteredTransformInitializerFilter.MOMENTS)
+
+    def method(transform, iters):
+        r = sitk.ImageRegistrationMethod()
+        r.SetMetricAsMattesMutualInformation(32)
+        r.SetMetricSamplingStrategy(r.RANDOM)
+        r.SetMetricSamplingPercentage(0.1, seed)
+        r.SetInterpolator(sitk.sitkLinear)
+        r.SetOptimizerAsRegularStepGradientDescent(1.0, 1e-4, iters, relaxationFactor=0.7)
+        r.SetOptimizerScalesFromPhysicalShift()
+        r.SetShrinkFactorsPerLevel([4, 2, 1])
+        r.SetSmoothingSigmasPerLevel([2, 1, 0])
+        r.SetInitialTransform(transform, inPlace=False)
+        return r
+
+    affine = method(init, 200).Execute(fixed, moving)
+    transform = affine
+    if bspline:
+        mesh = [4] * 3
+        bs = sitk.BSplineTransformInitializer(fixed, mesh)
+        r = method(bs, 50)
+        r.SetOptimizerAsLBFGSB(1e-5, 50)
+        r.SetMovingInitialTransform(affine)
+        bs_out = r.Execute(fixed, moving)
+        transform = sitk.CompositeTransform([affine, bs_out])
+    res = sitk.Resample(support_label.to_sitk(), query.to_sitk(), transform,
+                        sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    return sitk.GetArrayFromImage(res)
+
+
+def score(pred: np.ndarray, ref: np.ndarray, spacing_zyx, ref_vol: Volume) -> dict:
+    """Whole-volume and structure-slices scores (slices along the query's axial frames)."""
+    out = {}
+    d = _dice(pred, ref)
+    hd, _, nsd = surface_metrics(pred, ref, spacing_zyx, 2.0)
+    out.update(dice=d, hd95_mm=hd, nsd2mm=nsd)
+    # restrict to axial frames that contain the structure in the reference
+    pf = label_to_frames(ref_vol.with_array(pred.astype(np.uint8)))
+    rf = label_to_frames(ref_vol.with_array(ref.astype(np.uint8)))
+    keep = rf.reshape(rf.shape[0], -1).any(axis=1)
+    out["slices_with_structure"] = int(keep.sum())
+    out["dice_slices"] = _dice(pf[keep], rf[keep]) if keep.any() else math.nan
+    return out
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.astype(bool), b.astype(bool)
+    t = a.sum() + b.sum()
+    return math.nan if t == 0 else 2.0 * float((a & b).sum()) / float(t)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    g = ap.add_mutually_exclusive_group()
+    g.add_argument("--checkpoint", help="real SAM2.1 checkpoint (enables the medseg rows)")
+    g.add_argument("--random-weights", action="store_true",
+                   help="run the medseg rows with a random-weight tiny model (pipeline check only)")
+    ap.add_argument("--model", default="tiny")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--image-size", type=int, default=None)
+    ap.add_argument("--cases", default=",".join(data.CASES))
+    ap.add_argument("--bank-sizes", default="16", help="comma list, e.g. 0,8,32,64")
+    ap.add_argument("--matchers", default="ssim,ncc", help="matchers for the transfer rows "
+                    "(sam2 needs a model)")
+    ap.add_argument("--modes", default="pair,volume")
+    ap.add_argument("--bspline", action="store_true", help="add B-spline after the affine")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/quality"))
+    args = ap.parse_args()
+
+    root = data.fetch(progress=False)
+    bank_sizes = [int(b) for b in args.bank_sizes.split(",")]
+    matchers = [m for m in args.matchers.split(",") if m]
+    modes = [m for m in args.modes.split(",") if m]
+    seg = None
+    ckpt_note = None
+    if args.checkpoint or args.random_weights:
+        ckpt = args.checkpoint
+        if args.random_weights:
+            from medseg.checkpoints import build_random_checkpoint
+
+            ckpt = build_random_checkpoint(args.out / "random_tiny_256.pt", "tiny", 256, args.seed)
+            ckpt_note = "RANDOM WEIGHTS"
+        seg = Segmenter(args.model, ckpt, args.device, image_size=args.image_size)
+    else:
+        seg = Segmenter(args.model, None, args.device, allow_download=False)
+    rows: list[dict] = []
+    for name in args.cases.split(","):
+        case = data.CASES[name]
+        p = data.case_paths(case, root)
+        s, sl, q, qr = (read_image(p[k], name=k)
+                        for k in ("support", "support_label", "query", "query_ref"))
+        t0 = time.perf_counter()
+        copy = copy_baseline(sl, q)
+        t_copy = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        reg = registration_baseline(s, sl, q, args.bspline, args.seed)
+        t_reg = time.perf_counter() - t0
+        preds: list[tuple[str, str, dict, float, dict]] = []
+        for k, (lv, rv, nm) in enumerate(zip(case.labels, case.ref_labels, case.names)):
+            preds.append(("copy", "", {nm: copy == lv}, t_copy, {}))
+            preds.append(("registration" + ("+bspline" if args.bspline else ""), "",
+                          {nm: reg == lv}, t_reg, {}))
+        for bs in bank_sizes:
+            for matcher in matchers:
+                if matcher == "sam2" and not (args.checkpoint or args.random_weights):
+                    continue
+                cfg = SegmentConfig(labels=list(case.labels), names=list(case.names),
+                                    method="transfer", matcher=matcher, window=case.window,
+                                    bank=BankConfig(size=bs, seed=args.seed))
+                t0 = time.perf_counter()
+                r = seg.segment(s, sl, q, cfg)
+                tt = time.perf_counter() - t0
+                note = ckpt_note if matcher == "sam2" and ckpt_note else ""
+                preds.append((f"transfer[{matcher}]", note,
+                              {nm: r.labels.array == i + 1 for i, nm in enumerate(case.names)},
+                              tt, {"bank_size": bs}))
+            if args.checkpoint or args.random_weights:
+                for mode in modes:
+                    cfg = SegmentConfig(labels=list(case.labels), names=list(case.names),
+                                        mode=mode, matcher="sam2", window=case.window,
+                                        bank=BankConfig(size=bs, seed=args.seed))
+                    t0 = time.perf_counter()
+                    r = seg.segment(s, sl, q, cfg)
+                    tt = time.perf_counter() - t0
+                    preds.append((f"medseg[{mode}]", ckpt_note or "",
+                                  {nm: r.labels.array == i + 1 for i, nm in enumerate(case.names)},
+                                  tt, {"bank_size": bs}))
+        for method, note, masks, secs, extra in preds:
+            for nm, rv in zip(case.names, case.ref_labels):
+                if nm not in masks:
+                    continue
+                sc = score(masks[nm], qr.array == rv, q.spacing_zyx, q)
+                rows.append({"case": name, "label": nm, "method": method, "note": note,
+                             "bank_size": extra.get("bank_size", ""), **sc,
+                             "seconds": round(secs, 2), "reference": case.reference})
+        print(f"done {name}", file=sys.stderr)
+    # de-duplicate the baselines (computed once per label)
+    seen, unique = set(), []
+    for r in rows:
+        key = (r["case"], r["label"], r["method"], r["bank_size"])
+        if key not in seen:
+            seen.add(key)
+            unique.append(r)
+    rows = unique
+    args.out.mkdir(parents=True, exist_ok=True)
+    cols = ["case", "label", "method", "note", "bank_size", "dice", "dice_slices", "hd95_mm",
+            "nsd2mm", "slices_with_structure", "seconds"]
+    with open(args.out / "quality.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=cols + ["reference"])
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: _fmt(r[k]) for k in cols + ["reference"]})
+    meta = {"versions": versions(), "machine": machine(), "metrics": implementation(),
+            "checkpoint": str(args.checkpoint) if args.checkpoint else
+            ("random weights" if args.random_weights else None),
+            "checkpoint_sha256": seg._engine.checkpoint_sha256 if seg and seg._engine else None,
+            "args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}
+    (args.out / "quality.json").write_text(json.dumps(meta, indent=2, default=_json))
+    print(f"{'case':16s} {'label':7s} {'method':22s} {'bank':>4s} {'Dice':>6s} {'Dice@sl':>7s} "
+          f"{'HD95mm':>7s} {'NSD2mm':>6s} {'s':>6s} note")
+    for r in rows:
+        print(f"{r['case']:16s} {r['label']:7s} {r['method']:22s} {str(r['bank_size']):>4s} "
+              f"{_fmt(r['dice']):>6s} {_fmt(r['dice_slices']):>7s} {_fmt(r['hd95_mm']):>7s} "
+              f"{_fmt(r['nsd2mm']):>6s} {r['seconds']:>6.1f} {r['note']}")
+
+
+def _fmt(v):
+    if isinstance(v, float):
+        return "nan" if math.isnan(v) else ("inf" if math.isinf(v) else f"{v:.3f}")
+    return str(v)
+
+
+def _json(o):
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    return str(o)
+
+
+if __name__ == "__main__":
+    main()
