@@ -49,6 +49,11 @@ class Matcher(str, Enum):
     ncc = "ncc"
 
 
+class Method(str, Enum):
+    sam2 = "sam2"
+    transfer = "transfer"
+
+
 class Model(str, Enum):
     tiny = "tiny"
     small = "small"
@@ -151,6 +156,9 @@ def segment(
     matcher: Matcher = typer.Option(Matcher.sam2, "--matcher",
                                     help="sam2: perceptual distance on SAM2 features; ssim/ncc: "
                                     "weight-free."),
+    method: Method = typer.Option(Method.sam2, "--method", help="sam2 (the method); transfer: "
+                                  "each slice takes its matched support mask, no SAM2 (a fast "
+                                  "weight-free baseline/preview with --matcher ssim or ncc)."),
     model: Model = typer.Option(Model.tiny, "--model", help="SAM2.1 model size."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="SAM2.1 checkpoint file "
                                               "(else $MEDSEG_CHECKPOINT, else cache/download)."),
@@ -202,7 +210,8 @@ def segment(
     _precheck_outputs(output, query, fmt, report, qc, overwrite, [support, support_label, query])
     result = seg.segment(
         support, support_label, query, labels=lab, names=nm, mode=mode.value,
-        matcher=matcher.value, axis=axis.value, window=window, modality=modality.value,
+        matcher=matcher.value, method=method.value, axis=axis.value, window=window,
+        modality=modality.value,
         support_slice=support_slice, shots=shots, keep_largest=largest_component,
         fill_holes=fill_holes, z_range=z_range, resample_label=resample_label,
         query_series=series, support_series=support_series, bank_size=bank_size, seed=seed,
@@ -212,7 +221,7 @@ def segment(
     if eng.get("random_weights"):
         _say("WARNING: random-weight SAM2 checkpoint: the masks are meaningless (test model).")
     t = result.report["timings_s"]
-    _say(f"segmented {len(result.query_frames)} frames on {eng.get('device', '?')} in "
+    _say(f"segmented {len(result.query_frames)} frames on {eng.get('device', 'cpu, no model')} in "
          f"{sum(v for k, v in t.items() if k != 'model_load'):.1f} s")
     for kind, p in paths.items():
         _say(f"  {kind:9s} {p}")

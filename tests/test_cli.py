@@ -125,3 +125,22 @@ def test_segment_end_to_end(tmp_path, random_checkpoint, capsys):
     code, _, err = run([*args, "--overwrite"], capsys)
     assert code == 0, err
     assert not [x for x in out.iterdir() if x.name.startswith(".")]  # no temp files left
+
+
+def test_transfer_method_needs_no_model(tmp_path, capsys, monkeypatch):
+    """--method transfer runs without any checkpoint (none is looked for)."""
+    monkeypatch.setenv("MEDSEG_HOME", str(tmp_path / "home"))
+    s_img, s_lab = phantom(shape=(10, 32, 36), direction=np.eye(3), seed=3)
+    q_img, _ = phantom(shape=(8, 30, 32), seed=4)
+    files = {}
+    for k, v in (("s", s_img), ("l", s_lab), ("q", q_img)):
+        files[k] = tmp_path / f"{k}.nii.gz"
+        write_image(v, files[k])
+    out = tmp_path / "out"
+    code, _, err = run(["segment", "-s", files["s"], "-l", files["l"], "-i", files["q"], "-o", out,
+                        "--method", "transfer", "--matcher", "ncc", "--qc", out / "qc.png",
+                        "--no-download"], capsys)
+    assert code == 0, err
+    rep = json.loads((out / "q_report.json").read_text())
+    assert rep["engine"] is None and rep["config"]["method"] == "transfer"
+    assert (out / "qc.png").stat().st_size > 10_000

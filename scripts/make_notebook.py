@@ -1,0 +1,144 @@
+"""Write notebooks/quickstart.ipynb from the cells below (keeps the notebook reviewable).
+
+    python scripts/make_notebook.py
+"""
+
+from pathlib import Path
+
+import nbformat as nbf
+
+CELLS = [
+    ("md", """# medseg quickstart
+
+Label **one slice** of a support scan, segment the same organs in a **different** scan.
+This notebook uses only the public example scans (fetched from PyPI, sha256-checked):
+support = an abdominal CT with TotalSegmentator's labels, query = another patient's
+contrast CT (a 20-slice DICOM series) with TotalSegmentator's labels as a *silver* reference."""),
+    ("code", """import os
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+import medseg
+from medseg import data
+from medseg.frames import label_to_frames, volume_to_frames
+from medseg.io import read_image
+
+root = data.fetch(progress=False)
+case = data.CASES["ct-liver-spleen"]
+paths = data.case_paths(case)
+out = Path(os.environ.get("MEDSEG_NOTEBOOK_OUT", "quickstart-out"))
+out.mkdir(exist_ok=True)
+print(case.name, "labels", case.labels, case.names, "| reference:", case.reference)"""),
+    ("md", """## The model
+
+A real SAM2.1 checkpoint is used when one is available (`MEDSEG_CHECKPOINT`, or the cache
+filled by `medseg demo` on a machine with internet). Otherwise the notebook builds SAM2.1 tiny
+from the real sam2 config with **random weights**: every step runs for real, but the masks
+it produces mean nothing."""),
+    ("code", """from medseg.checkpoints import build_random_checkpoint, cache_status
+
+ckpt = os.environ.get("MEDSEG_CHECKPOINT") or cache_status()["tiny"]
+RANDOM = ckpt is None
+if RANDOM:
+    ckpt = build_random_checkpoint(out / "random_tiny_256.pt", "tiny", image_size=256)
+    print("#" * 78)
+    print("#  NO REAL SAM2 CHECKPOINT: USING RANDOM WEIGHTS. THE MASKS BELOW ARE MEANINGLESS  #")
+    print("#  (set MEDSEG_CHECKPOINT to sam2.1_hiera_tiny.pt for real results)                #")
+    print("#" * 78)
+else:
+    print("checkpoint:", ckpt)"""),
+    ("md", "## Geometry of the volumes"),
+    ("code", """support, support_label, query, ref = (read_image(paths[k]) for k in
+                                      ("support", "support_label", "query", "query_ref"))
+for name, v in [("support", support), ("query", query)]:
+    g = v.geometry()
+    print(f"{name:8s} size {g['size_xyz']} spacing {g['spacing']} mm origin {g['origin']}")
+    print(f"{'':8s} direction {g['direction']}")"""),
+    ("md", "## The support slice (largest liver area) and its mask"),
+    ("code", """sf = volume_to_frames(support)
+lf = label_to_frames(support_label)
+k = int(np.argmax((lf == 5).sum(axis=(1, 2))))
+asp = sf.spacing[1] / sf.spacing[2]
+fig, ax = plt.subplots(figsize=(5, 5))
+ax.imshow(sf.frames[k], cmap="gray", aspect=asp)
+ax.contour(lf[k] == 5, levels=[0.5], colors="orange")
+ax.contour(lf[k] == 1, levels=[0.5], colors="violet")
+ax.set_title(f"support frame {k} (liver orange, spleen violet)")
+ax.axis("off");"""),
+    ("md", "## Segment the query"),
+    ("code", """seg = medseg.Segmenter("tiny", ckpt, device="auto")
+res = seg.segment(paths["support"], paths["support_label"], paths["query"], labels=[5, 1],
+                  names=["liver", "spleen"], mode="pair", matcher="sam2", bank_size=8, seed=0)
+print({k: round(v, 2) for k, v in res.report["timings_s"].items()})
+if RANDOM:
+    print("RANDOM WEIGHTS: masks are meaningless")"""),
+    ("md", "## The augmentation bank (liver group)"),
+    ("code", """bank = res.groups[0].bank
+n = min(len(bank), 9)
+fig, axes = plt.subplots(1, n, figsize=(2 * n, 2.3))
+qasp = res.query_frames.spacing[1] / res.query_frames.spacing[2]
+for i, ax in enumerate(axes):
+    ax.imshow(bank.images[i], cmap="gray", aspect=qasp)
+    ax.contour(bank.masks[i] == 5, levels=[0.5], colors="orange", linewidths=0.8)
+    ax.set_title("original" if i == 0 else f"#{i}", fontsize=8)
+    ax.axis("off")"""),
+    ("md", "## Which bank member each query slice was matched with"),
+    ("code", """m = res.matches[0]
+fig, ax = plt.subplots(figsize=(7, 2.5))
+ax.step(np.arange(len(m)), m, where="mid")
+ax.set_xlabel("query frame (inferior to superior)")
+ax.set_ylabel("matched member")
+ax.set_yticks(range(len(bank)));"""),
+    ("md", "## Result in three planes (aspect from spacing)"),
+    ("code", """from medseg.frames import volume_to_frames as vtf
+
+lab = res.labels
+fig, axes = plt.subplots(1, 3, figsize=(13, 4.5))
+for ax, axis in zip(axes, ["axial", "coronal", "sagittal"]):
+    img = vtf(query, axis)
+    msk = label_to_frames(lab, axis)
+    i = len(img) // 2
+    ax.imshow(img.frames[i], cmap="gray", aspect=img.spacing[1] / img.spacing[2])
+    for v, c in ((1, "orange"), (2, "violet")):
+        if (msk[i] == v).any():
+            ax.contour(msk[i] == v, levels=[0.5], colors=c)
+    ax.set_title(axis)
+    ax.axis("off")"""),
+    ("md", "## Scores against the (silver) reference"),
+    ("code", """from medseg.metrics import evaluate_labelmaps, implementation
+
+scores = evaluate_labelmaps(lab.array, ref.array, query.spacing_zyx, labels=[1, 2], ref_labels=[5, 1])
+print(f"{'':8s} {'Dice':>6s} {'HD95 mm':>8s} {'NSD@2mm':>8s}")
+for s, name in zip(scores, ["liver", "spleen"]):
+    print(f"{name:8s} {s.dice:6.3f} {s.hd95_mm:8.1f} {s.nsd:8.3f}")
+print(implementation())
+if RANDOM:
+    print("RANDOM WEIGHTS: these scores measure nothing")"""),
+    ("md", """## Save for 3D Slicer
+
+`res.save` writes the labelmap (NIfTI, uint8, query geometry), a colour table, the Slicer
+segmentation `.seg.nrrd` and the JSON report, all-or-nothing.
+
+To look at it: open 3D Slicer, drag and drop the query DICOM folder (or use the DICOM module)
+and the `.seg.nrrd`; the segments appear with their names and colours in the Segmentations
+module, aligned with the scan."""),
+    ("code", """files = res.save(out, overwrite=True, qc=out / "qc.png")
+for k, v in files.items():
+    print(f"{k:9s} {v}")"""),
+]
+
+
+def main() -> None:
+    nb = nbf.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.cells = [nbf.v4.new_markdown_cell(src) if kind == "md" else nbf.v4.new_code_cell(src)
+                for kind, src in CELLS]
+    path = Path(__file__).parents[1] / "notebooks" / "quickstart.ipynb"
+    nbf.write(nb, path)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
