@@ -248,8 +248,10 @@ class Segmenter:
         precision: str = "auto",
         allow_download: bool = True,
         progress: bool = False,
+        feature_cache_mb: float = 2048.0,
     ):
         self.model = model
+        self.feature_cache_mb = feature_cache_mb  # encoder features kept from matching
         self.checkpoint = checkpoint
         self.device = device
         self.image_size = image_size
@@ -339,15 +341,18 @@ class Segmenter:
                                        [out_value[v] for v in vals], bank))
         return result
 
-    def _distances(self, name: str, query: np.ndarray, bank: Bank) -> np.ndarray:
+    def _distances(self, name: str, query: np.ndarray, bank: Bank,
+                   keep_mb: float = 0.0) -> tuple[np.ndarray, dict]:
+        """(n, M) distances; with the ``sam2`` matcher also the query features kept for reuse."""
         if name == "sam2":
             import torch
 
             e = self.engine
             with torch.inference_mode():
-                qd, bd = e.descriptors(query), e.descriptors(bank.images)
-                return torch.cdist(qd, bd).pow(2).cpu().numpy()
-        return weight_free_distance(name, query, bank.images)
+                qd, kept = e.descriptors(query, keep_mb)
+                bd, _ = e.descriptors(bank.images)
+                return torch.cdist(qd, bd).pow(2).cpu().numpy(), kept
+        return weight_free_distance(name, query, bank.images), {}
 
     # -- the whole job -------------------------------------------------------------------------
     def segment(
@@ -399,9 +404,11 @@ class Segmenter:
             info: dict[str, Any] = {"support_slices": g.slices, "labels": g.values,
                                     "outputs": g.outputs, "bank_size": len(g.bank)}
             need_dist = cfg.method == "transfer" or cfg.mode == "volume" or cfg.matcher != "sam2"
+            kept: dict = {}
             if need_dist:
                 t0 = time.perf_counter()
-                dist = self._distances(cfg.matcher, qstack.frames, g.bank)
+                keep = self.feature_cache_mb if cfg.mode == "volume" and cfg.method == "sam2" else 0
+                dist, kept = self._distances(cfg.matcher, qstack.frames, g.bank, keep)
                 timings["match"] += time.perf_counter() - t0
             if cfg.method == "transfer":
                 m = best_members(dist)
@@ -411,7 +418,8 @@ class Segmenter:
                 bar.update(n)
             else:
                 t0 = time.perf_counter()
-                out, inserted = self._run_engine(cfg, qstack.frames, g, masks, dist, bar)
+                out, inserted = self._run_engine(cfg, qstack.frames, g, masks, dist, bar, kept)
+                kept = {}
                 timings["sam2"] += time.perf_counter() - t0
                 timings["match"] += out.timings.get("match_s", 0.0)
                 timings["sam2"] -= out.timings.get("match_s", 0.0)
@@ -450,7 +458,7 @@ class Segmenter:
                               values, labels, scores, matches, distances, timings)
         return Result(label_vol, segments, report, qstack, labels, groups, matches, scores)
 
-    def _run_engine(self, cfg, frames, g, masks, dist, bar):
+    def _run_engine(self, cfg, frames, g, masks, dist, bar, kept=None):
         import torch
 
         e = self.engine
@@ -463,7 +471,8 @@ class Segmenter:
                 # volume: insert the globally closest member before its closest query frame
                 fi, mi = (int(i) for i in np.unravel_index(int(np.argmin(dist)), dist.shape))
                 out = e.run_volume(frames, g.bank.images[mi], masks[mi], fi,
-                                   progress=bar.update, offload_state=attempt > 0)
+                                   progress=bar.update, offload_state=attempt > 0,
+                                   features=kept if attempt == 0 else None)
                 return out, (fi, mi)
             except torch.cuda.OutOfMemoryError as exc:
                 torch.cuda.empty_cache()

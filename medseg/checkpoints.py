@@ -56,11 +56,17 @@ def model_spec(name: str) -> ModelSpec:
     return MODELS[name]
 
 
+def medseg_home() -> Path:
+    """medseg's cache folder: ``$MEDSEG_HOME``, else ``$XDG_CACHE_HOME/medseg`` or ``~/.cache/medseg``."""
+    home = os.environ.get(ENV_HOME)
+    if home:
+        return Path(home)
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "medseg"
+
+
 def cache_dir() -> Path:
     """Folder holding downloaded checkpoints."""
-    home = os.environ.get(ENV_HOME)
-    base = Path(home) if home else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "medseg"
-    return base / "checkpoints"
+    return medseg_home() / "checkpoints"
 
 
 def cache_status() -> dict[str, str | None]:

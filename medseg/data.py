@@ -101,9 +101,10 @@ DEFAULT_CASE = "ct-liver-spleen"
 
 
 def data_dir() -> Path:
-    home = os.environ.get("MEDSEG_HOME")
-    base = Path(home) if home else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "medseg"
-    return base / "data"
+    """Folder holding the example data (under medseg's cache folder)."""
+    from .checkpoints import medseg_home
+
+    return medseg_home() / "data"
 
 
 def _sha256(path: Path) -> str:

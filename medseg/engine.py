@@ -187,14 +187,19 @@ class Sam2Engine:
         with torch.inference_mode(), self.autocast():
             images = to_model_input(frames, self.image_size, device=self.device)
             out = self.predictor.forward_image(images)
+        # positional encodings are the same for every frame: one shared copy; the image itself
+        # is never read back from the cache (only its shape), so a zero-stride view stands in
+        pos = [p[:1].clone() for p in out["vision_pos_enc"]]
+        placeholder = images.new_zeros(1, 3, 1, 1).expand(1, 3, *images.shape[-2:])
+        del images
         entries = []
-        for i in range(images.shape[0]):
+        for i in range(len(frames)):
             bo = {
                 "vision_features": out["vision_features"][i : i + 1],
-                "vision_pos_enc": [p[i : i + 1] for p in out["vision_pos_enc"]],
+                "vision_pos_enc": pos,
                 "backbone_fpn": [f[i : i + 1] for f in out["backbone_fpn"]],
             }
-            entries.append((images[i : i + 1], bo))
+            entries.append((placeholder, bo))
         return entries
 
     @staticmethod
@@ -216,13 +221,30 @@ class Sam2Engine:
             parts.append(f.flatten(1) / np.sqrt(levels * MATCH_POOL * MATCH_POOL))
         return torch.cat(parts, dim=1)
 
-    def descriptors(self, frames: np.ndarray):
-        """Match descriptors of many frames, encoded in batches."""
+    @staticmethod
+    def entry_bytes(entry: tuple) -> int:
+        """Memory of one frame's cached features (shared positional encodings excluded)."""
+        return sum(f.numel() * f.element_size() for f in entry[1]["backbone_fpn"])
+
+    def descriptors(self, frames: np.ndarray, keep_mb: float = 0.0):
+        """Match descriptors of many frames, encoded in batches.
+
+        With ``keep_mb`` > 0, the encoder features of the first frames are also returned
+        (up to that many MB), so a later propagation over the same frames need not encode
+        them again. Returns ``(descriptors, {frame: cache entry})``.
+        """
         import torch
 
-        out = [self.match_descriptor(self.encode(frames[i : i + self.batch_size]))
-               for i in range(0, len(frames), self.batch_size)]
-        return torch.cat(out)
+        out, kept, used = [], {}, 0.0
+        for i in range(0, len(frames), self.batch_size):
+            entries = self.encode(frames[i : i + self.batch_size])
+            out.append(self.match_descriptor(entries))
+            for j, e in enumerate(entries):
+                size = self.entry_bytes(e) / 2**20
+                if used + size <= keep_mb:
+                    kept[i + j] = e
+                    used += size
+        return torch.cat(out), kept
 
     # -- inference state ------------------------------------------------------------------
     def new_state(self, frames: Sequence[np.ndarray], height: int, width: int,
@@ -347,11 +369,13 @@ class Sam2Engine:
         insert_at: int,
         progress: Callable[[int], None] | None = None,
         offload_state: bool = False,
+        features: dict[int, tuple] | None = None,
     ) -> EngineOutput:
         """Mode ``volume``: the support is inserted before query frame ``insert_at`` and
         masks propagate forward and backward through the whole stack with SAM2's memory.
 
-        ``support_masks`` is (K, H, W) bool; object k gets label k + 1.
+        ``support_masks`` is (K, H, W) bool; object k gets label k + 1. ``features`` holds
+        encoder outputs already computed for query frames (e.g. while matching).
         """
         import torch
 
@@ -384,8 +408,14 @@ class Sam2Engine:
                         t0 = time.perf_counter()
                         idx = list(range(nxt, nxt + step * self.batch_size, step))
                         idx = [i for i in idx if 0 <= i < len(frames) and i != s]
-                        batch = stack[idx] if stack is not None else np.stack([frames[i] for i in idx])
-                        state["cached_features"] = dict(zip(idx, self.encode(batch)))
+                        cache = {i: features[to_query(i)] for i in idx
+                                 if features and to_query(i) in features}
+                        todo = [i for i in idx if i not in cache]
+                        if todo:
+                            batch = (stack[todo] if stack is not None
+                                     else np.stack([frames[i] for i in todo]))
+                            cache.update(zip(todo, self.encode(batch)))
+                        state["cached_features"] = cache
                         t["encode_s"] += time.perf_counter() - t0
                     t0 = time.perf_counter()
                     try:

@@ -40,6 +40,19 @@ def phantom(shape=(24, 40, 48), spacing=(0.8, 0.6, 2.5), direction=OBLIQUE,
     return Volume(img.astype(np.int16), **geo), Volume(lab, **geo)
 
 
+def write_case(folder, support_shape=(10, 32, 36), query_shape=(8, 30, 32)):
+    """Support image + label (axis-aligned) and an oblique query, as NIfTI files."""
+    from medseg.io import write_image
+
+    s_img, s_lab = phantom(shape=support_shape, direction=np.eye(3), seed=3)
+    q_img, _ = phantom(shape=query_shape, seed=4)
+    files = {}
+    for k, v in (("s", s_img), ("l", s_lab), ("q", q_img)):
+        files[k] = folder / f"{k}.nii.gz"
+        write_image(v, files[k])
+    return files
+
+
 @pytest.fixture
 def oblique_pair():
     return phantom()

@@ -2,9 +2,8 @@ import json
 import subprocess
 import sys
 
-import numpy as np
 import pytest
-from conftest import phantom
+from conftest import phantom, write_case
 
 from medseg.cli import main
 from medseg.errors import EXIT_INPUT, EXIT_MODEL, EXIT_OUTPUT, EXIT_RUNTIME, EXIT_USAGE
@@ -103,12 +102,7 @@ def test_segment_no_cuda(tmp_path, label_files, capsys, monkeypatch, random_chec
 
 @pytest.mark.slow
 def test_segment_end_to_end(tmp_path, random_checkpoint, capsys):
-    s_img, s_lab = phantom(shape=(16, 40, 44), direction=np.eye(3), seed=3)
-    q_img, _ = phantom(shape=(12, 36, 40), seed=4)
-    files = {}
-    for k, v in (("s", s_img), ("l", s_lab), ("q", q_img)):
-        files[k] = tmp_path / f"{k}.nii.gz"
-        write_image(v, files[k])
+    files = write_case(tmp_path, (16, 40, 44), (12, 36, 40))
     before = {k: f.read_bytes() for k, f in files.items()}
     out = tmp_path / "out"
     args = ["-q", "segment", "-s", files["s"], "-l", files["l"], "-i", files["q"], "-o", out,
@@ -130,12 +124,7 @@ def test_segment_end_to_end(tmp_path, random_checkpoint, capsys):
 def test_transfer_method_needs_no_model(tmp_path, capsys, monkeypatch):
     """--method transfer runs without any checkpoint (none is looked for)."""
     monkeypatch.setenv("MEDSEG_HOME", str(tmp_path / "home"))
-    s_img, s_lab = phantom(shape=(10, 32, 36), direction=np.eye(3), seed=3)
-    q_img, _ = phantom(shape=(8, 30, 32), seed=4)
-    files = {}
-    for k, v in (("s", s_img), ("l", s_lab), ("q", q_img)):
-        files[k] = tmp_path / f"{k}.nii.gz"
-        write_image(v, files[k])
+    files = write_case(tmp_path)
     out = tmp_path / "out"
     code, _, err = run(["segment", "-s", files["s"], "-l", files["l"], "-i", files["q"], "-o", out,
                         "--method", "transfer", "--matcher", "ncc", "--qc", out / "qc.png",

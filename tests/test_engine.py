@@ -66,11 +66,28 @@ def test_pairs_and_volume_shapes(engine):
 
 def test_identity_member_matches_itself(engine):
     bank = frames(4, seed=3)
-    d = engine.descriptors(bank)
+    d, kept = engine.descriptors(bank)
+    assert kept == {}
     import torch
 
     dist = torch.cdist(d, d).pow(2).numpy()
     np.testing.assert_array_equal(dist.argmin(1), np.arange(4))
+
+
+def test_features_from_matching_are_reused(engine):
+    """Volume mode with encoder features kept from matching gives the same result."""
+    q = frames(n=9, h=40, w=40, seed=6)
+    m = np.zeros((1, 40, 40), bool)
+    m[0, 8:20, 8:20] = True
+    _, kept = engine.descriptors(q, keep_mb=1e6)
+    assert sorted(kept) == list(range(9))
+    _, few = engine.descriptors(q, keep_mb=1.5 * engine.entry_bytes(kept[0]) / 2**20)
+    assert sorted(few) == [0]
+    fresh = engine.run_volume(q, q[4], m, insert_at=4)
+    reused = engine.run_volume(q, q[4], m, insert_at=4, features=kept)
+    np.testing.assert_array_equal(fresh.labels, reused.labels)
+    np.testing.assert_allclose(fresh.object_scores, reused.object_scores, atol=1e-5)
+    assert reused.timings["encode_s"] < fresh.timings["encode_s"]
 
 
 def test_pruning_keeps_results_exact(engine):

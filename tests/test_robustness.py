@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from conftest import phantom, rotation
+from conftest import rotation, write_case
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -35,13 +35,7 @@ def test_loader_round_trip_property(tmp_path, shape, spacing, angles, flip, orig
 
 @pytest.fixture
 def small_case(tmp_path):
-    s_img, s_lab = phantom(shape=(10, 32, 36), direction=np.eye(3), seed=5)
-    q_img, _ = phantom(shape=(8, 30, 32), seed=6)
-    files = {}
-    for k, v in (("s", s_img), ("l", s_lab), ("q", q_img)):
-        files[k] = tmp_path / f"{k}.nii.gz"
-        write_image(v, files[k])
-    return files
+    return write_case(tmp_path)
 
 
 @pytest.mark.slow
