@@ -187,3 +187,29 @@ def test_cuda_bf16(random_checkpoint):
     m[0, 5:20, 5:20] = True
     out = e.run_volume(q, q[0], m, insert_at=0)
     assert out.labels.shape == q.shape
+
+
+def test_truncated_download_is_rejected(tmp_path, monkeypatch, random_checkpoint):
+    """A download that is cut short or the wrong size is removed, never cached."""
+    from medseg import checkpoints
+
+    src = tmp_path / "server"
+    src.mkdir()
+    (src / "sam2.1_hiera_tiny.pt").write_bytes(random_checkpoint.read_bytes()[:1_000_000])
+    monkeypatch.setattr(checkpoints, "BASE_URL", src.as_uri())
+    monkeypatch.setenv("MEDSEG_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("MEDSEG_CHECKPOINT", raising=False)
+    with pytest.raises(ModelError, match="incomplete or wrong"):
+        checkpoints.resolve_checkpoint("tiny", progress=False)
+    assert not any((tmp_path / "home" / "checkpoints").iterdir())
+    # a complete file of the published size that is not loadable is refused too
+    spec = checkpoints.MODELS["tiny"]
+    (src / spec.filename).write_bytes(b"\0" * int(spec.approx_mb * 1e6))
+    with pytest.raises(ModelError, match="cannot be loaded safely"):
+        checkpoints.resolve_checkpoint("tiny", progress=False)
+    assert not any((tmp_path / "home" / "checkpoints").iterdir())
+    # the real file (random weights here) is accepted and moved into the cache atomically
+    monkeypatch.setattr(checkpoints, "SIZE_TOLERANCE", 1.0)
+    (src / spec.filename).write_bytes(random_checkpoint.read_bytes())
+    path, how = checkpoints.resolve_checkpoint("tiny", progress=False)
+    assert how == "download" and path.read_bytes() == random_checkpoint.read_bytes()
