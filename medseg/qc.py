@@ -83,7 +83,12 @@ def qc_figure(result: Result, path: str | os.PathLike, count: int = 8, dpi: int 
     ax3.legend(loc="upper left", fontsize=8)
     engine = result.report.get("engine") or {}
     note = " — RANDOM-WEIGHT MODEL: masks are meaningless" if engine.get("random_weights") else ""
-    fig.suptitle(f"medseg QC: top query, middle matched support{note}", fontsize=10)
+    cfg = result.report.get("config", {})
+    how = ("matcher transfer, no SAM2" if cfg.get("method") == "transfer"
+           else f"SAM2 {cfg.get('mode', '')} mode")
+    fig.suptitle(f"medseg QC ({how}, matcher {cfg.get('matcher', '?')}): top query slices, "
+                 f"middle the support member each was matched with ({result.segments[0].name})"
+                 f"{note}", fontsize=10)
     fig.savefig(path, dpi=dpi, format="png")
     plt.close(fig)
     return Path(path)

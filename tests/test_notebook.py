@@ -16,7 +16,6 @@ def test_quickstart_runs(tmp_path, monkeypatch):
     nbclient = pytest.importorskip("nbclient")
     monkeypatch.setenv("PATH", os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
     monkeypatch.setenv("MEDSEG_NOTEBOOK_OUT", str(tmp_path / "out"))
-    monkeypatch.setenv("MPLBACKEND", "Agg")
     monkeypatch.delenv("MEDSEG_CHECKPOINT", raising=False)
     nb = nbformat.read(NOTEBOOK, as_version=4)
     nbclient.NotebookClient(nb, timeout=900, kernel_name="python3",
