@@ -318,13 +318,16 @@ class Sam2Engine:
         scores = np.full((n, k), np.nan, np.float32)
         t = {"encode_s": 0.0, "match_s": 0.0, "propagate_s": 0.0}
         t0 = time.perf_counter()
-        bank_entries = [e for i in range(0, len(bank_images), self.batch_size)
-                        for e in self.encode(bank_images[i : i + self.batch_size])]
+        # every member is needed to match here; with matches given, only the matched ones
+        members = list(range(len(bank_images))) if matches is None else sorted(set(map(int, matches)))
+        encoded = [e for i in range(0, len(members), self.batch_size)
+                   for e in self.encode(bank_images[members[i : i + self.batch_size]])]
+        bank_entries = dict(zip(members, encoded))
         t["encode_s"] += time.perf_counter() - t0
         dist_all = None
         if matches is None:
             t0 = time.perf_counter()
-            bank_desc = self.match_descriptor(bank_entries)
+            bank_desc = self.match_descriptor(encoded)
             dist_all = np.zeros((n, len(bank_images)), np.float32)
             matches = np.zeros(n, np.int64)
             t["match_s"] += time.perf_counter() - t0
