@@ -26,7 +26,7 @@ from .augment import Bank, BankConfig, build_bank
 from .errors import DeviceError, InputError, UsageError
 from .frames import FrameStack, label_to_frames, parse_window, resample_frame, volume_to_frames
 from .io import Volume, check_finite, read_image, same_geometry
-from .match import MATCHERS, best_members, weight_free_distance
+from .match import MATCHERS, best_members, transfer_masks, weight_free_distance
 from .postprocess import parse_range, postprocess
 
 METHODS = ("sam2", "transfer")
@@ -412,9 +412,9 @@ class Segmenter:
                 timings["match"] += time.perf_counter() - t0
             if cfg.method == "transfer":
                 m = best_members(dist)
-                local = np.zeros((n, h, w), np.uint8)
-                for k in range(len(g.values)):
-                    local[(masks[m, k]) & (local == 0)] = k + 1
+                to_local = np.zeros(int(g.bank.masks.max()) + 1, np.uint8)
+                to_local[g.values] = np.arange(1, len(g.values) + 1)
+                local = to_local[transfer_masks(m, g.bank.masks)]
                 bar.update(n)
             else:
                 t0 = time.perf_counter()

@@ -12,7 +12,7 @@ applied (albumentations' ``save_applied_params``), including the 2x3 affine matr
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -137,7 +137,3 @@ def build_bank(image: np.ndarray, mask: np.ndarray, cfg: BankConfig | None = Non
         params.append({"member": i, "seed": cfg.seed * 100_003 + i, "source_slice": source_slice,
                        "applied": _clean_params(res["applied_transforms"])})
     return Bank(np.stack(images), np.stack(masks), params, [source_slice] * len(images))
-
-
-def describe(cfg: BankConfig) -> dict:
-    return asdict(cfg)

@@ -16,7 +16,7 @@ import sys
 import tarfile
 import urllib.error
 import urllib.request
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import InputError
@@ -211,7 +211,3 @@ def case_paths(case: str | Case, root: Path | None = None) -> dict[str, str]:
     c = CASES[case] if isinstance(case, str) else case
     root = root or data_dir()
     return {k: str(root / getattr(c, k)) for k in ("support", "support_label", "query", "query_ref")}
-
-
-def describe() -> list[dict]:
-    return [asdict(c) for c in CASES.values()]
