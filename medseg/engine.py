@@ -303,6 +303,7 @@ class Sam2Engine:
         bank_masks: np.ndarray,
         matches: np.ndarray | None = None,
         progress: Callable[[int], None] | None = None,
+        reuse_prompts: bool = True,
     ) -> EngineOutput:
         """Mode ``pair``: per query frame a clip [matched support, query], mask prompt on 0.
 
@@ -324,6 +325,7 @@ class Sam2Engine:
                    for e in self.encode(bank_images[members[i : i + self.batch_size]])]
         bank_entries = dict(zip(members, encoded))
         t["encode_s"] += time.perf_counter() - t0
+        cond_cache: dict[int, list[dict]] = {}  # member -> encoded mask prompt per object
         dist_all = None
         if matches is None:
             t0 = time.perf_counter()
@@ -352,17 +354,37 @@ class Sam2Engine:
                         continue
                     state = self.new_state([bank_images[m], query[i]], h, w)
                     state["cached_features"] = {0: bank_entries[m], 1: q_entry}
-                    for o in objs:
-                        self.predictor.add_new_mask(state, 0, o, torch.from_numpy(bank_masks[m, o]))
+                    if m in cond_cache:
+                        self._restore_prompt(state, objs, cond_cache[m])
+                    else:
+                        for o in objs:
+                            self.predictor.add_new_mask(state, 0, o,
+                                                        torch.from_numpy(bank_masks[m, o]))
                     for fidx, _, logits in self.predictor.propagate_in_video(state):
                         if fidx == 1:
                             labels[i] = self.merge(logits, [o + 1 for o in objs])
                     for idx, o in enumerate(objs):
                         scores[i, o] = self._object_score(state, idx, 1)
+                    if reuse_prompts and m not in cond_cache:
+                        cond_cache[m] = [state["output_dict_per_obj"][idx]["cond_frame_outputs"][0]
+                                         for idx in range(len(objs))]
                     if progress:
                         progress(1)
                 t["propagate_s"] += time.perf_counter() - t0
         return EngineOutput(labels, scores, np.asarray(matches), dist_all, t)
+
+    def _restore_prompt(self, state: dict, objs: list[int], outputs: list[dict]) -> None:
+        """Put a support member's already-encoded mask prompt into a new 2-frame state.
+
+        The conditioning output of frame 0 (mask decoding + memory encoding of the support
+        with its mask) depends on the member alone, so it is computed once per member and
+        reused for every query frame matched to it; the result is the same as calling
+        ``add_new_mask`` again (checked by a test).
+        """
+        for o, out in zip(objs, outputs):
+            idx = self.predictor._obj_id_to_idx(state, o)
+            state["output_dict_per_obj"][idx]["cond_frame_outputs"][0] = out
+            state["frames_tracked_per_obj"][idx][0] = {"reverse": False}
 
     def run_volume(
         self,

@@ -64,6 +64,20 @@ def test_pairs_and_volume_shapes(engine):
     assert not (out.labels == 2).any() and np.isnan(out.object_scores[:, 1]).all()
 
 
+def test_reused_prompts_give_the_same_masks(engine):
+    """Encoding each member's mask prompt once and reusing it changes nothing."""
+    q = frames(n=6, seed=7)
+    bank = frames(2, seed=8)
+    masks = np.zeros((2, 2, 48, 56), bool)
+    masks[:, 0, 5:25, 5:25] = True
+    masks[:, 1, 30:44, 20:50] = True
+    m = np.array([0, 1, 0, 0, 1, 1])
+    fresh = engine.run_pairs(q, bank, masks, m, reuse_prompts=False)
+    reused = engine.run_pairs(q, bank, masks, m, reuse_prompts=True)
+    np.testing.assert_array_equal(fresh.labels, reused.labels)
+    np.testing.assert_array_equal(fresh.object_scores, reused.object_scores)
+
+
 def test_identity_member_matches_itself(engine):
     bank = frames(4, seed=3)
     d, kept = engine.descriptors(bank)
