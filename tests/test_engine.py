@@ -227,3 +227,29 @@ def test_truncated_download_is_rejected(tmp_path, monkeypatch, random_checkpoint
     (src / spec.filename).write_bytes(random_checkpoint.read_bytes())
     path, how = checkpoints.resolve_checkpoint("tiny", progress=False)
     assert how == "download" and path.read_bytes() == random_checkpoint.read_bytes()
+
+
+def test_absent_object_gives_empty_masks(tmp_path):
+    """Where SAM2's object score says 'absent' (negative), the masks are empty."""
+    from medseg.engine import Sam2Engine
+
+    ck = build_random_checkpoint(tmp_path / "neg.pt", "tiny", image_size=256, object_score_bias=-5.0)
+    e = Sam2Engine("tiny", str(ck), "cpu", batch_size=4)
+    q = frames(n=4)
+    m = np.zeros((1, 1, 48, 56), bool)
+    m[0, 0, 10:30, 10:30] = True
+    out = e.run_pairs(q, q[:1], m, matches=np.zeros(4, int))
+    assert (out.object_scores < 0).all() and not out.labels.any()
+    vol = e.run_volume(q, q[0], m[0], insert_at=2)
+    assert (vol.object_scores < 0).all() and not vol.labels.any()
+
+
+def test_overlap_rule():
+    """Highest positive logit wins; nothing where every logit is <= 0."""
+    import torch
+
+    from medseg.engine import Sam2Engine
+
+    logits = torch.tensor([[[[2.0, -1.0, 0.5, -3.0]]], [[[1.0, 3.0, 0.7, -2.0]]]])
+    lab = Sam2Engine.merge(logits, [1, 2])
+    np.testing.assert_array_equal(lab, [[1, 2, 2, 0]])
