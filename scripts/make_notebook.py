@@ -43,10 +43,11 @@ ckpt = os.environ.get("MEDSEG_CHECKPOINT") or cache_status()["tiny"]
 RANDOM = ckpt is None
 if RANDOM:
     ckpt = build_random_checkpoint(out / "random_tiny_256.pt", "tiny", image_size=256)
-    print("#" * 78)
-    print("#  NO REAL SAM2 CHECKPOINT: USING RANDOM WEIGHTS. THE MASKS BELOW ARE MEANINGLESS  #")
-    print("#  (set MEDSEG_CHECKPOINT to sam2.1_hiera_tiny.pt for real results)                #")
-    print("#" * 78)
+    from IPython.display import HTML, display
+
+    display(HTML('<h1 style="color:#b00000">RANDOM-WEIGHT SAM2: THE MASKS BELOW ARE MEANINGLESS'
+                 '</h1><p>Set MEDSEG_CHECKPOINT to sam2.1_hiera_tiny.pt for real results.</p>'))
+    print("NO REAL SAM2 CHECKPOINT: USING RANDOM WEIGHTS. THE MASKS BELOW ARE MEANINGLESS")
 else:
     print("checkpoint:", ckpt)"""),
     ("md", "## Geometry of the volumes"),
