@@ -108,21 +108,8 @@ class Result:
     def output_paths(self, out_dir: str | os.PathLike, formats: Sequence[str] = FORMATS,
                      stem: str | None = None, report: str | os.PathLike | None = None,
                      qc: str | os.PathLike | None = None) -> dict[str, Path]:
-        out = Path(out_dir)
-        stem = stem or _stem(self.labels.path or self.report["inputs"]["query"]["path"] or "query")
-        paths: dict[str, Path] = {}
-        for f in formats:
-            if f not in FORMATS:
-                raise UsageError(f"--format {f!r}: choose from {', '.join(FORMATS)}")
-        if "nifti" in formats:
-            paths["nifti"] = out / f"{stem}_labels.nii.gz"
-            paths["ctbl"] = out / f"{stem}_labels.ctbl"
-        if "seg.nrrd" in formats:
-            paths["seg.nrrd"] = out / f"{stem}.seg.nrrd"
-        paths["report"] = Path(report) if report else out / f"{stem}_report.json"
-        if qc:
-            paths["qc"] = Path(qc)
-        return paths
+        stem = stem or _stem(self.labels.path or "query")
+        return output_paths(out_dir, stem, formats, report, qc)
 
     def save(
         self,
@@ -158,6 +145,26 @@ class Result:
             self.report["outputs"] = {k: str(v) for k, v in paths.items()}
             tx.add(paths["report"], lambda p: export.write_json(p, self.report))
         return paths
+
+
+def output_paths(out_dir: str | os.PathLike, stem: str, formats: Sequence[str] = FORMATS,
+                 report: str | os.PathLike | None = None,
+                 qc: str | os.PathLike | None = None) -> dict[str, Path]:
+    """Where the outputs of one query go: ``{kind: path}``."""
+    out = Path(out_dir)
+    for f in formats:
+        if f not in FORMATS:
+            raise UsageError(f"--format {f!r}: choose from {', '.join(FORMATS)}")
+    paths: dict[str, Path] = {}
+    if "nifti" in formats:
+        paths["nifti"] = out / f"{stem}_labels.nii.gz"
+        paths["ctbl"] = out / f"{stem}_labels.ctbl"
+    if "seg.nrrd" in formats:
+        paths["seg.nrrd"] = out / f"{stem}.seg.nrrd"
+    paths["report"] = Path(report) if report else out / f"{stem}_report.json"
+    if qc:
+        paths["qc"] = Path(qc)
+    return paths
 
 
 def _stem(path: str) -> str:

