@@ -406,7 +406,6 @@ class Segmenter:
         timings["sam2"] = 0.0
         bar = _progress(self.progress, n * len(groups), "segmenting")
         for gi, g in enumerate(groups):
-            masks = g.bank.binary_masks(g.values)
             dist = None
             info: dict[str, Any] = {"support_slices": g.slices, "labels": g.values,
                                     "outputs": g.outputs, "bank_size": len(g.bank)}
@@ -425,6 +424,7 @@ class Segmenter:
                 bar.update(n)
             else:
                 t0 = time.perf_counter()
+                masks = g.bank.binary_masks(g.values)  # (M, K, H, W): one SAM2 object per label
                 out, inserted = self._run_engine(cfg, qstack.frames, g, masks, dist, bar, kept)
                 kept = {}
                 timings["sam2"] += time.perf_counter() - t0

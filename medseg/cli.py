@@ -223,11 +223,11 @@ def segment(
         _say(f"  {kind:9s} {p}")
 
 
-def _precheck_outputs(output, query, fmt, report, qc, overwrite, inputs, stem=None) -> None:
+def _precheck_outputs(output, query, fmt, report, qc, overwrite, inputs) -> None:
     from .api import _stem, output_paths
     from .export import check_outputs
 
-    paths = output_paths(output, stem or _stem(str(query)), fmt, report, qc)
+    paths = output_paths(output, _stem(str(query)), fmt, report, qc)
     check_outputs(list(paths.values()), overwrite=overwrite, inputs=inputs)
 
 
@@ -324,13 +324,12 @@ def demo(
     _say(f"fetching example data into {data.data_dir()} ...")
     data.fetch(progress=not STATE["quiet"])
     p = data.case_paths(c)
-    stem = Path(p["query"]).name.split(".")[0]
     _precheck_outputs(output, Path(p["query"]), ["nifti", "seg.nrrd"], None,
-                      output / "qc.png", overwrite, [], stem)
+                      output / "qc.png", overwrite, [])
     seg = Segmenter(model.value, checkpoint, device, progress=not STATE["quiet"])
     res = seg.segment(p["support"], p["support_label"], p["query"], labels=list(c.labels),
                       names=list(c.names), mode=mode.value, window=c.window)
-    paths = res.save(output, overwrite=overwrite, qc=output / "qc.png", stem=stem)
+    paths = res.save(output, overwrite=overwrite, qc=output / "qc.png")
     ev = evaluate_files(paths["nifti"], p["query_ref"], list(range(1, len(c.labels) + 1)),
                         list(c.ref_labels))
     typer.echo(format_table(ev))

@@ -419,7 +419,6 @@ class Sam2Engine:
             return fidx if fidx < s else fidx - 1
 
         state = self.new_state(frames, h, w, offload_state=offload_state)
-        stack = np.stack(frames) if len(frames) <= 2 * self.batch_size else None
         with _sam2_quiet(), torch.inference_mode(), self.autocast():
             for o in objs:
                 self.predictor.add_new_mask(state, s, o, torch.from_numpy(support_masks[o]))
@@ -437,8 +436,7 @@ class Sam2Engine:
                                  if features and to_query(i) in features}
                         todo = [i for i in idx if i not in cache]
                         if todo:
-                            batch = (stack[todo] if stack is not None
-                                     else np.stack([frames[i] for i in todo]))
+                            batch = np.stack([frames[i] for i in todo])
                             cache.update(zip(todo, self.encode(batch)))
                         state["cached_features"] = cache
                         t["encode_s"] += time.perf_counter() - t0

@@ -241,14 +241,6 @@ def main() -> None:
                              "bank_size": extra.get("bank_size", ""), **sc,
                              "seconds": round(secs, 2), "reference": case.reference})
         print(f"done {name}", file=sys.stderr)
-    # de-duplicate the baselines (computed once per label)
-    seen, unique = set(), []
-    for r in rows:
-        key = (r["case"], r["label"], r["method"], r["bank_size"])
-        if key not in seen:
-            seen.add(key)
-            unique.append(r)
-    rows = unique
     args.out.mkdir(parents=True, exist_ok=True)
     cols = ["case", "label", "method", "note", "bank_size", "dice", "dice_slices", "hd95_mm",
             "nsd2mm", "slices_with_structure", "seconds"]
