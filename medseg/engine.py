@@ -111,6 +111,7 @@ class EngineOutput:
     matches: np.ndarray  # (n,) bank member used per query frame
     distances: np.ndarray | None = None  # (n, M) matcher distances, if computed here
     timings: dict[str, float] = field(default_factory=dict)
+    logits: np.ndarray | None = None  # (n, K, H, W) float32 mask logits, if asked for (NaN: not run)
 
 
 class Sam2Engine:
@@ -304,6 +305,7 @@ class Sam2Engine:
         matches: np.ndarray | None = None,
         progress: Callable[[int], None] | None = None,
         reuse_prompts: bool = True,
+        keep_logits: bool = False,
     ) -> EngineOutput:
         """Mode ``pair``: per query frame a clip [matched support, query], mask prompt on 0.
 
@@ -317,6 +319,7 @@ class Sam2Engine:
         k = bank_masks.shape[1]
         labels = np.zeros((n, h, w), np.uint8)
         scores = np.full((n, k), np.nan, np.float32)
+        kept = np.full((n, k, h, w), np.nan, np.float32) if keep_logits else None
         t = {"encode_s": 0.0, "match_s": 0.0, "propagate_s": 0.0}
         t0 = time.perf_counter()
         # every member is needed to match here; with matches given, only the matched ones
@@ -363,6 +366,8 @@ class Sam2Engine:
                     for fidx, _, logits in self.predictor.propagate_in_video(state):
                         if fidx == 1:
                             labels[i] = self.merge(logits, [o + 1 for o in objs])
+                            if kept is not None:
+                                kept[i, objs] = logits[:, 0].float().cpu().numpy()
                     for idx, o in enumerate(objs):
                         scores[i, o] = self._object_score(state, idx, 1)
                     if reuse_prompts and m not in cond_cache:
@@ -371,7 +376,7 @@ class Sam2Engine:
                     if progress:
                         progress(1)
                 t["propagate_s"] += time.perf_counter() - t0
-        return EngineOutput(labels, scores, np.asarray(matches), dist_all, t)
+        return EngineOutput(labels, scores, np.asarray(matches), dist_all, t, kept)
 
     def _restore_prompt(self, state: dict, objs: list[int], outputs: list[dict]) -> None:
         """Put a support member's already-encoded mask prompt into a new 2-frame state.
@@ -395,6 +400,7 @@ class Sam2Engine:
         progress: Callable[[int], None] | None = None,
         offload_state: bool = False,
         features: dict[int, tuple] | None = None,
+        keep_logits: bool = False,
     ) -> EngineOutput:
         """Mode ``volume``: the support is inserted before query frame ``insert_at`` and
         masks propagate forward and backward through the whole stack with SAM2's memory.
@@ -409,9 +415,10 @@ class Sam2Engine:
         objs = [o for o in range(k) if support_masks[o].any()]
         labels = np.zeros((n, h, w), np.uint8)
         scores = np.full((n, k), np.nan, np.float32)
+        kept = np.full((n, k, h, w), np.nan, np.float32) if keep_logits else None
         t = {"encode_s": 0.0, "propagate_s": 0.0}
         if not objs:
-            return EngineOutput(labels, scores, np.full(n, -1), None, t)
+            return EngineOutput(labels, scores, np.full(n, -1), None, t, kept)
         frames: list[np.ndarray] = [*query[:insert_at], support_image, *query[insert_at:]]
         s = insert_at  # index of the support frame in the stack
 
@@ -448,6 +455,8 @@ class Sam2Engine:
                     if fidx != s:
                         qi = to_query(fidx)
                         labels[qi] = self.merge(logits, [o + 1 for o in objs])
+                        if kept is not None:
+                            kept[qi, objs] = logits[:, 0].float().cpu().numpy()
                         for idx_o, o in enumerate(objs):
                             scores[qi, o] = self._object_score(state, idx_o, fidx)
                         if progress:
@@ -455,7 +464,7 @@ class Sam2Engine:
                     self._prune(state, fidx, s)
                     t["propagate_s"] += time.perf_counter() - t0
                     nxt = fidx + step
-        return EngineOutput(labels, scores, np.full(n, -1), None, t)
+        return EngineOutput(labels, scores, np.full(n, -1), None, t, kept)
 
     def _prune(self, state: dict, current: int, cond: int) -> None:
         """Drop outputs SAM2's memory can no longer reach (further than its window)."""
