@@ -45,7 +45,8 @@ class BankConfig:
 
 @dataclass
 class Bank:
-    """Augmented support members: ``images`` (M, H, W) in [0, 1], ``masks`` (M, H, W) labels."""
+    """Augmented support members: ``images`` (M, H, W) in [0, 1], ``masks`` (M, K, H, W) bool,
+    one channel per structure (structures may overlap)."""
 
     images: np.ndarray
     masks: np.ndarray
@@ -54,10 +55,6 @@ class Bank:
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
-
-    def binary_masks(self, values: list[int]) -> np.ndarray:
-        """(M, K, H, W) bool masks, one channel per label value."""
-        return np.stack([self.masks == v for v in values], axis=1)
 
     @staticmethod
     def concat(banks: list[Bank]) -> Bank:
@@ -120,20 +117,21 @@ def _clean_params(applied: list) -> list[dict]:
     return out
 
 
-def build_bank(image: np.ndarray, mask: np.ndarray, cfg: BankConfig | None = None,
+def build_bank(image: np.ndarray, masks: np.ndarray, cfg: BankConfig | None = None,
                source_slice: int = -1) -> Bank:
-    """Expand one (image, label mask) slice into ``cfg.size + 1`` members."""
+    """Expand one slice (image (H, W), masks (K, H, W) bool) into ``cfg.size + 1`` members."""
     cfg = cfg or BankConfig()
-    if image.shape != mask.shape or image.ndim != 2:
-        raise ValueError(f"image {image.shape} and mask {mask.shape} must be equal 2D shapes")
+    if masks.ndim != 3 or image.shape != masks.shape[1:] or image.ndim != 2:
+        raise ValueError(f"image {image.shape} and masks {masks.shape} must be (H, W), (K, H, W)")
     img = np.ascontiguousarray(image, dtype=np.float32)
-    msk = np.ascontiguousarray(mask, dtype=np.uint8)
-    images, masks = [img], [msk]
+    msk = np.ascontiguousarray(np.moveaxis(masks, 0, -1), dtype=np.uint8)  # (H, W, K)
+    images, out = [img], [masks.astype(bool)]
     params: list[dict] = [{"member": 0, "identity": True, "source_slice": source_slice}]
     for i in range(1, cfg.size + 1):
         res = _pipeline(cfg, seed=cfg.seed * 100_003 + i)(image=img, mask=msk)
         images.append(np.clip(res["image"], 0.0, 1.0).astype(np.float32))
-        masks.append(res["mask"].astype(np.uint8))
+        m = res["mask"].reshape(*img.shape, -1)  # albumentations drops a 1-channel axis
+        out.append(np.moveaxis(m, -1, 0).astype(bool))
         params.append({"member": i, "seed": cfg.seed * 100_003 + i, "source_slice": source_slice,
                        "applied": _clean_params(res["applied_transforms"])})
-    return Bank(np.stack(images), np.stack(masks), params, [source_slice] * len(images))
+    return Bank(np.stack(images), np.stack(out), params, [source_slice] * len(images))

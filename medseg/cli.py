@@ -2,12 +2,15 @@
 
 Only Typer is imported at start-up; numpy, torch and sam2 load inside the commands, so
 ``medseg --help`` is instant. User mistakes print one line and exit with a documented code
-(see :mod:`medseg.errors`); ``-v`` adds the traceback.
+(see :mod:`medseg.errors`); ``-v`` adds the traceback. Choices come from
+:mod:`medseg.options`; library errors name library options, printed here as flags.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+import signal
 import sys
 import traceback
 import warnings
@@ -17,65 +20,62 @@ from typing import Optional
 
 import typer
 
+from . import options as opt
 from ._version import __version__
-from .errors import (
-    EXIT_INTERNAL,
-    EXIT_INTERRUPTED,
-    MedsegError,
-    UsageError,
-)
+from .errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_TERMINATED, MedsegError, UsageError
 
 app = typer.Typer(
     name="medseg",
     help="Training-free one-shot segmentation of 3D medical volumes with SAM2: label one slice "
-    "of a support scan, segment the same structure in a new query scan.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
+    "of a support scan, segment the same structure in new query scans.",
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-
 STATE = {"verbose": False, "quiet": False}
+DEFAULT_OUTPUT = Path("medseg-out")
 
 
-class Mode(str, Enum):
-    pair = "pair"
-    volume = "volume"
+def _choices(name: str, values: tuple[str, ...]) -> type[Enum]:
+    return Enum(name, {v: v for v in values}, type=str)  # type: ignore[return-value]
 
 
-class Matcher(str, Enum):
-    sam2 = "sam2"
-    ssim = "ssim"
-    ncc = "ncc"
+Mode = _choices("Mode", opt.MODES)
+Matcher = _choices("Matcher", opt.MATCHERS)
+Method = _choices("Method", opt.METHODS)
+Model = _choices("Model", opt.MODELS)
+Axis = _choices("Axis", opt.AXES)
+Modality = _choices("Modality", opt.MODALITIES)
+Precision = _choices("Precision", opt.PRECISIONS)
+
+FLAGS = {"labels": "--labels", "names": "--names", "mode": "--mode", "matcher": "--matcher",
+         "method": "--method", "axis": "--axis", "modality": "--modality", "window": "--window",
+         "device": "--device", "precision": "--precision", "format": "--format", "qc": "--qc",
+         "report": "--report", "support_slice": "--support-slice", "shots": "--shots",
+         "resample_label": "--resample-label", "series": "--series",
+         "support_series": "--support-series", "model": "--model", "z_range": "--z-range"}
 
 
-class Method(str, Enum):
-    sam2 = "sam2"
-    transfer = "transfer"
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (schedulers, ``timeout``): handled like Ctrl-C, nothing partial is kept."""
 
 
-class Model(str, Enum):
-    tiny = "tiny"
-    small = "small"
-    base_plus = "base-plus"
-    large = "large"
+def _on_sigterm(signum, frame):  # pragma: no cover - exercised in a subprocess test
+    raise Terminated()
 
 
-class Axis(str, Enum):
-    axial = "axial"
-    coronal = "coronal"
-    sagittal = "sagittal"
-
-
-class Modality(str, Enum):
-    auto = "auto"
-    ct = "ct"
-    mr = "mr"
+def flag_message(exc: MedsegError) -> str:
+    """The error's message with its library option named as the command-line flag."""
+    msg = str(exc)
+    flag = FLAGS.get(exc.option or "")
+    if flag and msg.startswith(exc.option):
+        return flag + msg[len(exc.option):]
+    if flag:
+        return msg.replace(f" {exc.option} ", f" {flag} ", 1)
+    return msg
 
 
 def _handled(fn):
-    """Map medseg errors, Ctrl-C and bugs to one-line messages and exit codes."""
-    import functools
+    """Map medseg errors, Ctrl-C, SIGTERM and bugs to one-line messages and exit codes."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -83,13 +83,15 @@ def _handled(fn):
             return fn(*args, **kwargs)
         except typer.Exit:
             raise
-        except KeyboardInterrupt:
-            typer.echo("medseg: interrupted; no partial output was kept", err=True)
-            raise typer.Exit(EXIT_INTERRUPTED) from None
+        except KeyboardInterrupt as exc:
+            what = "terminated" if isinstance(exc, Terminated) else "interrupted"
+            typer.echo(f"medseg: {what}; no partial output was kept", err=True)
+            raise typer.Exit(EXIT_TERMINATED if isinstance(exc, Terminated)
+                             else EXIT_INTERRUPTED) from None
         except MedsegError as exc:
             if STATE["verbose"]:
                 traceback.print_exc()
-            typer.echo(f"medseg: error: {exc}", err=True)
+            typer.echo(f"medseg: error: {flag_message(exc)}", err=True)
             raise typer.Exit(exc.exit_code) from None
         except Exception as exc:  # a bug, not a user mistake
             if STATE["verbose"]:
@@ -135,49 +137,52 @@ def _ints(spec: Optional[str], what: str) -> Optional[list[int]]:
         raise UsageError(f"{what} {spec!r}: give integers separated by commas, e.g. 5,1") from None
 
 
-def _strs(spec: Optional[str]) -> Optional[list[str]]:
-    return [v.strip() for v in spec.split(",") if v.strip()] if spec else None
-
-
 @app.command()
 @_handled
 def segment(
     support: Path = typer.Option(..., "--support", "-s", help="Support scan (NIfTI, NRRD or "
                                  "DICOM folder) with the labelled slice."),
-    support_label: Path = typer.Option(..., "--support-label", "-l",
-                                       help="Label map of the support scan (same grid)."),
-    query: Path = typer.Option(..., "--query", "-i", help="Scan to segment."),
-    output: Path = typer.Option(..., "--output", "-o", help="Output folder."),
-    labels: Optional[str] = typer.Option(None, "--labels", help="Support label values to "
-                                         "segment, e.g. 5,1 (default: all present)."),
-    names: Optional[str] = typer.Option(None, "--names", help="Names, e.g. liver,spleen."),
-    mode: Mode = typer.Option(Mode.pair, "--mode", help="pair: [support, frame] per query "
+    support_label: Optional[Path] = typer.Option(
+        None, "--support-label", "-l", help="Its label: label map, Slicer .seg.nrrd, DICOM-SEG "
+        "or RTSTRUCT (default: found beside the support, e.g. s_label.nii.gz, s.seg.nrrd)."),
+    query: list[str] = typer.Option(..., "--query", "-i", help="Scan(s) to segment: a file, a "
+                                    "DICOM folder, a folder of scans, a glob, or a .txt/.csv "
+                                    "list; repeatable."),
+    output: Path = typer.Option(DEFAULT_OUTPUT, "--output", "-o", help="Output folder."),
+    labels: Optional[str] = typer.Option(None, "--labels", help="Structures to segment: support "
+                                         "label values or segment names, e.g. 5,1 or "
+                                         "liver,spleen (default: all)."),
+    names: Optional[str] = typer.Option(None, "--names", help="Output names, e.g. liver,spleen."),
+    mode: Mode = typer.Option("pair", "--mode", help="pair: [support, frame] clip per query "
                               "frame (Zu et al.); volume: propagate through the stack."),
-    matcher: Matcher = typer.Option(Matcher.sam2, "--matcher",
-                                    help="sam2: perceptual distance on SAM2 features; ssim/ncc: "
-                                    "weight-free."),
-    method: Method = typer.Option(Method.sam2, "--method", help="sam2 (the method); transfer: "
-                                  "each slice takes its matched support mask, no SAM2 (a fast "
-                                  "weight-free baseline/preview with --matcher ssim or ncc)."),
-    model: Model = typer.Option(Model.tiny, "--model", help="SAM2.1 model size."),
+    matcher: Optional[Matcher] = typer.Option(None, "--matcher", help="sam2: perceptual "
+                                              "distance on SAM2 features (default with "
+                                              "--method sam2); ssim/ncc: weight-free (ncc: "
+                                              "default with --method transfer)."),
+    method: Method = typer.Option("sam2", "--method", help="sam2 (the method); transfer: each "
+                                  "slice takes its matched support mask, no SAM2 (weight-free "
+                                  "baseline/preview)."),
+    model: Model = typer.Option("tiny", "--model", help="SAM2.1 model size."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="SAM2.1 checkpoint file "
                                               "(else $MEDSEG_CHECKPOINT, else cache/download)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
-    image_size: Optional[int] = typer.Option(None, "--image-size",
-                                             help="Model input size (default: the checkpoint's, "
-                                             "1024 for official ones)."),
-    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Frames per encoder batch."),
-    precision: str = typer.Option("auto", "--precision", help="auto (bf16 on CUDA), bf16, fp32."),
-    formats: str = typer.Option("nifti,seg.nrrd", "--format", help="Comma list: nifti, seg.nrrd."),
-    report: Optional[Path] = typer.Option(None, "--report", help="Report path "
-                                          "(default OUT/<query>_report.json)."),
-    qc: Optional[Path] = typer.Option(None, "--qc", help="Write a quality-control PNG here."),
+    image_size: Optional[int] = typer.Option(None, "--image-size", help="Model input size "
+                                             "(default: the checkpoint's, 1024 for official)."),
+    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Frames per encoder batch and "
+                                   "clips per batched SAM2 call (1: bit-identical to stock)."),
+    precision: Precision = typer.Option("auto", "--precision", help="auto (bf16 on CUDA)."),
+    formats: str = typer.Option("nifti,seg.nrrd", "--format", help="Comma list: "
+                                + ", ".join(opt.FORMATS) + "."),
+    report: Optional[Path] = typer.Option(None, "--report", help="Report path (one query; "
+                                          "default OUT/<query>_report.json)."),
+    qc: Optional[Path] = typer.Option(None, "--qc", help="Quality-control picture (.png, .pdf "
+                                      "or .svg; one query)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the augmentation bank."),
     bank_size: int = typer.Option(16, "--bank-size", min=0, help="Augmented support copies."),
-    axis: Axis = typer.Option(Axis.axial, "--axis", help="Slicing axis."),
+    axis: Axis = typer.Option("axial", "--axis", help="Slicing axis."),
     window: Optional[str] = typer.Option(None, "--window", help="CT window: abdomen (default), "
                                          "soft-tissue, lung, bone, brain, or LEVEL,WIDTH."),
-    modality: Modality = typer.Option(Modality.auto, "--modality", help="Intensity handling."),
+    modality: Modality = typer.Option("auto", "--modality", help="Intensity handling."),
     support_slice: Optional[int] = typer.Option(None, "--support-slice", help="Slice index "
                                                 "(support's own voxel grid, along --axis)."),
     shots: int = typer.Option(1, "--shots", min=1, help="Support slices per label (k-shot)."),
@@ -186,58 +191,70 @@ def segment(
     fill_holes: bool = typer.Option(False, "--fill-holes", help="Fill holes slice by slice."),
     z_range: Optional[str] = typer.Option(None, "--z-range", help="Keep only frames START:STOP."),
     resample_label: bool = typer.Option(False, "--resample-label", help="Resample a support label "
-                                        "with another grid onto the support image."),
+                                        "on another grid onto the support image."),
     series: Optional[str] = typer.Option(None, "--series", help="DICOM series UID of the query."),
     support_series: Optional[str] = typer.Option(None, "--support-series",
                                                  help="DICOM series UID of the support."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
     no_download: bool = typer.Option(False, "--no-download", help="Never download weights."),
 ) -> None:
-    """Segment QUERY from one labelled support scan; writes NIfTI/.seg.nrrd and a report."""
+    """Segment QUERY scan(s) from one labelled support scan; writes NIfTI/.seg.nrrd + report."""
     from .api import Segmenter
+    from .segmentations import find_label_beside
 
-    fmt = _strs(formats) or []
+    if support_label is None:
+        support_label = _find_label(support, find_label_beside)
+    fmt = opt.split_list(formats) or []
     seg = Segmenter(model.value, checkpoint, device, image_size=image_size, batch_size=batch_size,
-                    precision=precision, allow_download=not no_download,
+                    precision=precision.value, allow_download=not no_download,
                     progress=not STATE["quiet"])
-    lab = _ints(labels, "--labels")
-    nm = _strs(names)
-    # refuse early, before minutes of compute, if outputs exist
-    _precheck_outputs(output, query, fmt, report, qc, overwrite, [support, support_label, query])
-    result = seg.segment(
-        support, support_label, query, labels=lab, names=nm, mode=mode.value,
-        matcher=matcher.value, method=method.value, axis=axis.value, window=window,
-        modality=modality.value,
-        support_slice=support_slice, shots=shots, keep_largest=largest_component,
-        fill_holes=fill_holes, z_range=z_range, resample_label=resample_label,
-        query_series=series, support_series=support_series, bank_size=bank_size, seed=seed,
-    )
+    config = dict(labels=opt.split_list(labels), names=opt.split_list(names), mode=mode.value,
+                  matcher=matcher.value if matcher else None, method=method.value,
+                  axis=axis.value, window=window, modality=modality.value,
+                  support_slice=support_slice, shots=shots, keep_largest=largest_component,
+                  fill_holes=fill_holes, z_range=z_range, resample_label=resample_label,
+                  query_series=series, support_series=support_series, bank_size=bank_size,
+                  seed=seed)
+    _segment_one(seg, support, support_label, Path(query[0]), output, fmt, report, qc,
+                 overwrite, config)
+
+
+def _find_label(support: Path, finder) -> Path:
+    found, tried = finder(support)
+    if found is None:
+        names = ", ".join(p.name for p in tried[:8])
+        raise UsageError(f"no --support-label given and none found beside {support} (tried "
+                         f"{names}, ... {len(tried)} names); pass --support-label")
+    _say(f"support label: {found} (found beside the support)")
+    return found
+
+
+def _segment_one(seg, support, support_label, query: Path, output: Path, fmt, report, qc,
+                 overwrite, config) -> None:
+    from . import export
+
+    inputs = [support, support_label, query]
+    paths = export.output_paths(output, export.query_stem(str(query)), fmt, report, qc)
+    export.check_outputs(list(paths.values()), overwrite=overwrite, inputs=inputs)
+    result = seg.segment(support, support_label, query, **config)
     paths = result.save(output, fmt, overwrite=overwrite, report=report, qc=qc)
-    eng = result.report.get("engine") or {}
-    if eng.get("random_weights"):
+    if result.report.random_weights:
         _say("WARNING: random-weight SAM2 checkpoint: the masks are meaningless (test model).")
-    t = result.report["timings_s"]
+    eng = result.report.engine or {}
+    t = result.report.timings_s
     _say(f"segmented {len(result.query_frames)} frames on {eng.get('device', 'cpu, no model')} in "
          f"{sum(v for k, v in t.items() if k != 'model_load'):.1f} s")
     for kind, p in paths.items():
         _say(f"  {kind:9s} {p}")
 
 
-def _precheck_outputs(output, query, fmt, report, qc, overwrite, inputs) -> None:
-    from .api import _stem, output_paths
-    from .export import check_outputs
-
-    paths = output_paths(output, _stem(str(query)), fmt, report, qc)
-    check_outputs(list(paths.values()), overwrite=overwrite, inputs=inputs)
-
-
 @app.command()
 @_handled
 def evaluate(
-    pred: Path = typer.Option(..., "--pred", "-p", help="Predicted label map."),
+    pred: Path = typer.Option(..., "--pred", "-p", help="Predicted label map (or .seg.nrrd)."),
     ref: Path = typer.Option(..., "--ref", "-r", help="Reference label map (same grid)."),
     labels: Optional[str] = typer.Option(None, "--labels", help="Prediction values to score "
-                                         "(default: all present in either)."),
+                                         "(default: from the prediction's report, else all)."),
     ref_labels: Optional[str] = typer.Option(None, "--ref-labels", help="Matching reference "
                                              "values, if they differ (e.g. --labels 1,2 "
                                              "--ref-labels 5,1)."),
@@ -248,26 +265,25 @@ def evaluate(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
 ) -> None:
     """Dice, IoU, HD95, ASSD and surface Dice (mm) of a prediction against a reference."""
-    from .export import check_outputs
+    from . import export
     from .metrics import evaluate_files, format_table
 
     outs = [p for p in (csv, json_out, plot) if p]
-    check_outputs(outs, overwrite=overwrite, inputs=[pred, ref])
+    export.check_outputs(outs, overwrite=overwrite, inputs=[pred, ref])
     res = evaluate_files(pred, ref, _ints(labels, "--labels"), _ints(ref_labels, "--ref-labels"),
                          tolerance)
     typer.echo(format_table(res))
-    from . import export
-
-    with export.OutputTransaction() as tx:
+    if res.mapping_note:
+        _say(res.mapping_note)
+    with export.OutputTransaction(overwrite) as tx:
         if csv:
-            tx.add(csv, lambda p: p.write_text(res.to_csv()))
+            tx.add(csv, lambda p: p.write_text(res.to_csv(), encoding="utf-8"))
         if json_out:
-            tx.add(json_out, lambda p: export.write_json(p, res.as_dict()))
+            tx.add(json_out, lambda p: export.json_file(p, res.as_dict()))
         if plot:
             from .qc import per_slice_dice_plot
 
-            tx.add(plot, lambda p: per_slice_dice_plot(res.per_slice, p,
-                                                      [f"label {s.label}" for s in res.scores],
+            tx.add(plot, lambda p: per_slice_dice_plot(res.per_slice, p, res.names,
                                                       "axial slice (inferior to superior)"))
     for p in outs:
         _say(f"wrote {p}")
@@ -279,8 +295,8 @@ def info() -> None:
     """Versions, compute devices, sam2 installation and checkpoint cache."""
     import importlib.util
 
-    from .api import versions
     from .checkpoints import cache_dir, cache_status
+    from .report import versions
 
     v = versions()
     typer.echo(f"medseg {v.pop('medseg')}  (python {v.pop('python')}, {sys.platform})")
@@ -295,8 +311,7 @@ def info() -> None:
         typer.echo(f"  {'mps':15s} {bool(mps and mps.is_available())}")
     except ImportError:
         typer.echo("  torch           not importable")
-    ok = importlib.util.find_spec("sam2") is not None
-    typer.echo(f"  {'sam2 importable':15s} {ok}")
+    typer.echo(f"  {'sam2 importable':15s} {importlib.util.find_spec('sam2') is not None}")
     typer.echo(f"checkpoint cache: {cache_dir()}")
     for name, p in cache_status().items():
         typer.echo(f"  {name:10s} {p or 'not downloaded'}")
@@ -308,37 +323,20 @@ def demo(
     output: Path = typer.Option(Path("medseg-demo"), "--output", "-o", help="Output folder."),
     case: str = typer.Option("ct-liver-spleen", "--case", help="Example case (see README)."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="SAM2.1 checkpoint."),
-    model: Model = typer.Option(Model.tiny, "--model", help="SAM2.1 model size."),
+    model: Model = typer.Option("tiny", "--model", help="SAM2.1 model size."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
-    mode: Mode = typer.Option(Mode.pair, "--mode", help="pair or volume."),
+    mode: Mode = typer.Option("pair", "--mode", help="pair or volume."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
 ) -> None:
-    """Fetch the public example scans, segment one case, evaluate it, write Slicer files."""
-    from . import data
-    from .api import Segmenter
-    from .metrics import evaluate_files, format_table
+    """Fetch the public example scans, segment one case, evaluate it, write Slicer files.
 
-    if case not in data.CASES:
-        raise UsageError(f"--case {case!r}: choose one of {', '.join(data.CASES)}")
-    c = data.CASES[case]
-    _say(f"fetching example data into {data.data_dir()} ...")
-    data.fetch(progress=not STATE["quiet"])
-    p = data.case_paths(c)
-    _precheck_outputs(output, Path(p["query"]), ["nifti", "seg.nrrd"], None,
-                      output / "qc.png", overwrite, [])
-    seg = Segmenter(model.value, checkpoint, device, progress=not STATE["quiet"])
-    res = seg.segment(p["support"], p["support_label"], p["query"], labels=list(c.labels),
-                      names=list(c.names), mode=mode.value, window=c.window)
-    paths = res.save(output, overwrite=overwrite, qc=output / "qc.png")
-    ev = evaluate_files(paths["nifti"], p["query_ref"], list(range(1, len(c.labels) + 1)),
-                        list(c.ref_labels))
-    typer.echo(format_table(ev))
-    if (res.report.get("engine") or {}).get("random_weights"):
-        _say("WARNING: random-weight SAM2 checkpoint: these scores are meaningless.")
-    _say(f"reference: {c.reference}")
-    for kind, path in paths.items():
-        _say(f"  {kind:9s} {path}")
-    _say("open the .seg.nrrd in 3D Slicer together with the query scan (drag and drop both).")
+    Without SAM2 weights (offline, nothing cached) it runs the weight-free transfer method
+    instead and says so; with weights, the method itself.
+    """
+    from .demo import run_demo
+
+    run_demo(output, case, checkpoint, model.value, device, mode.value, overwrite, _say,
+             typer.echo, progress=not STATE["quiet"])
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -357,4 +355,5 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 def run() -> None:  # pragma: no cover - console script
+    signal.signal(signal.SIGTERM, _on_sigterm)
     sys.exit(main())

@@ -11,6 +11,7 @@ Exit codes (also documented in README.md):
 5     runtime or device problem (CUDA/MPS not available, out of memory)
 6     model problem (checkpoint missing, corrupt, wrong size, offline download)
 130   interrupted (Ctrl-C); no partial output is left behind
+143   terminated (SIGTERM, e.g. from a scheduler or ``timeout``); as Ctrl-C
 ====  =====================================================================
 """
 
@@ -24,12 +25,21 @@ EXIT_OUTPUT = 4
 EXIT_RUNTIME = 5
 EXIT_MODEL = 6
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
 
 
 class MedsegError(Exception):
-    """Base class: a problem the user can fix; ``str(err)`` is the one-line message."""
+    """Base class: a problem the user can fix; ``str(err)`` is the one-line message.
+
+    ``option`` names the library option the message is about (``"mode"``, ``"window"``),
+    so the command line can name its own flag (``--mode``) instead.
+    """
 
     exit_code = EXIT_INTERNAL
+
+    def __init__(self, message: str = "", *, option: str | None = None):
+        super().__init__(message)
+        self.option = option
 
 
 class UsageError(MedsegError):

@@ -1,229 +1,117 @@
-"""Outputs 3D Slicer and ITK-SNAP open directly, written atomically.
+"""Outputs other tools open directly, written all-or-nothing.
 
-* NIfTI labelmap (uint8: 0 background, 1..N) on the query's exact grid;
-* ``.seg.nrrd`` (Slicer segmentation: names, colours, label values, layers, extents);
-* a colour table (``.ctbl``, Slicer's format; ITK-SNAP reads the same lines) so the
-  NIfTI labelmap gets names and colours when loaded as a labelmap.
+* NIfTI labelmap (0 background, 1..N; uint8, or uint16 beyond 255 structures) on the
+  query's exact grid, with a Slicer colour table (``.ctbl``) and an ITK-SNAP label
+  description (``_itksnap.txt``) giving names and colours;
+* ``.seg.nrrd``: a 3D Slicer segmentation written the way Slicer writes one (per-segment
+  extents, generated names/colours flagged, terminology, review status "in progress");
+* DICOM-SEG for PACS/OHIF when the query is a DICOM series (:mod:`medseg.dicom`).
 
-Every file is first written to a hidden temporary file in the destination folder and then
-renamed into place, so an interrupted run never leaves a half-written output.
+One mechanism writes every file: :class:`OutputTransaction`. Each file is first written
+to a hidden temporary file beside its destination; when all are complete they are moved
+into place together, under a lock on the folder and with Ctrl-C/SIGTERM held back, so a
+folder never holds a mixed or partial set. An existing output is replaced only when
+asked, and restored if the run fails after all.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import os
+import signal
 import tempfile
+import unicodedata
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .errors import OutputError
+from .errors import OutputError, UsageError
 from .io import Volume
+from .labels import LabelPlan
+from .options import FORMATS, check_choice
 
-# Colours of common structures (Slicer's General Anatomy palette), else a fixed cycle.
-NAMED_COLORS: dict[str, tuple[int, int, int]] = {
-    "liver": (221, 130, 101),
-    "spleen": (157, 108, 162),
-    "kidney": (185, 102, 83),
-    "right kidney": (185, 102, 83),
-    "left kidney": (185, 102, 83),
-    "stomach": (216, 132, 105),
-    "pancreas": (249, 180, 111),
-    "aorta": (224, 97, 76),
-    "tumor": (253, 135, 192),
-    "tumour": (253, 135, 192),
-    "heart": (206, 110, 84),
-    "lung": (197, 165, 145),
-}
-CYCLE = [
-    (128, 174, 128), (241, 214, 145), (177, 122, 101), (111, 184, 210), (216, 101, 79),
-    (221, 130, 101), (144, 238, 144), (192, 104, 88), (220, 245, 20), (78, 63, 0),
-]
+MAX_STEM_BYTES = 120  # leaves room for suffixes and temporary names within 255 bytes
+QC_SUFFIXES = (".png", ".pdf", ".svg")
+
+# --- names -----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Segment:
-    """One output label."""
-
-    value: int
-    name: str
-    color: tuple[int, int, int]
-
-
-def make_segments(values: Sequence[int], names: Sequence[str] | None = None) -> list[Segment]:
-    """Segments for output label values 1..N with names and colours."""
-    names = list(names) if names else [f"label_{v}" for v in values]
-    if len(names) != len(values):
-        raise ValueError(f"{len(names)} names for {len(values)} labels")
-    segs = []
-    for i, (v, n) in enumerate(zip(values, names)):
-        color = NAMED_COLORS.get(n.lower().replace("_", " "), CYCLE[i % len(CYCLE)])
-        segs.append(Segment(int(v), n, color))
-    return segs
+def safe_stem(name: str) -> str:
+    """A file-name stem every file system takes: no separators or control characters, at
+    most ``MAX_STEM_BYTES`` bytes (longer names keep their start and a short hash)."""
+    s = unicodedata.normalize("NFC", name)
+    s = "".join("_" if (c in '/\\:*?"<>|' or unicodedata.category(c)[0] == "C") else c for c in s)
+    s = s.strip(" .") or "query"
+    if len(s.encode("utf-8")) <= MAX_STEM_BYTES:
+        return s
+    digest = hashlib.sha1(name.encode("utf-8")).hexdigest()[:10]
+    head = s.encode("utf-8")[: MAX_STEM_BYTES - 11].decode("utf-8", "ignore")
+    return f"{head}-{digest}"
 
 
-# --- atomic writing ------------------------------------------------------------------------
+def query_stem(path: str | os.PathLike | None) -> str:
+    """Output stem of a query: its file or folder name without image suffixes."""
+    name = Path(str(path or "query").rstrip("/\\")).name
+    for suf in (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm"):
+        if name.lower().endswith(suf):
+            name = name[: -len(suf)]
+            break
+    return safe_stem(name)
 
 
-def _publish(tmp: Path, dst: Path) -> None:
-    """Give the finished temporary file normal permissions and move it into place."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    os.replace(tmp, dst)
+def output_paths(out_dir: str | os.PathLike, stem: str, formats: Sequence[str] = ("nifti",
+                 "seg.nrrd"), report: str | os.PathLike | None = None,
+                 qc: str | os.PathLike | None = None) -> dict[str, Path]:
+    """Where the outputs of one query go: ``{kind: path}``; refuses paths that collide."""
+    out = Path(out_dir)
+    for f in formats:
+        check_choice(f, FORMATS, "format")
+    stem = safe_stem(stem)
+    paths: dict[str, Path] = {}
+    if "nifti" in formats:
+        paths["nifti"] = out / f"{stem}_labels.nii.gz"
+        paths["ctbl"] = out / f"{stem}_labels.ctbl"
+    if "itk-snap" in formats:
+        paths["itk-snap"] = out / f"{stem}_itksnap.txt"
+    if "seg.nrrd" in formats:
+        paths["seg.nrrd"] = out / f"{stem}.seg.nrrd"
+    if "dicom-seg" in formats:
+        paths["dicom-seg"] = out / f"{stem}_seg.dcm"
+    paths["report"] = Path(report) if report else out / f"{stem}_report.json"
+    if qc:
+        paths["qc"] = Path(qc)
+        if paths["qc"].suffix.lower() not in QC_SUFFIXES:
+            raise UsageError(f"qc {qc}: the picture is written as PNG, PDF or SVG; end the name "
+                             f"with one of {', '.join(QC_SUFFIXES)}", option="qc")
+    seen: dict[Path, str] = {}
+    for kind, p in paths.items():
+        key = Path(os.path.abspath(p))
+        if key in seen:
+            raise UsageError(f"{kind} output {p} is also the {seen[key]} output; give them "
+                             "different paths", option=kind)
+        seen[key] = kind
+    return paths
 
 
-def _explain_os_error(path: Path, exc: OSError) -> OutputError:
-    if exc.errno == errno.ENOSPC:
-        return OutputError(f"{path}: no space left on the device; free some space and run again")
-    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return OutputError(f"{path}: folder is not writable; choose another output folder with -o")
-    return OutputError(f"{path}: cannot write ({exc.strerror or exc})")
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` only on success."""
-    path = Path(path)
-    suffix = "".join(path.suffixes) or ".tmp"
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".part{suffix}", dir=path.parent)
-        os.close(fd)
-    except OSError as exc:
-        raise _explain_os_error(path, exc) from exc
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        _publish(tmp_path, path)
-    except OSError as exc:
-        raise _explain_os_error(path, exc) from exc
-    except RuntimeError as exc:  # SimpleITK raises RuntimeError for I/O failures
-        raise _explain_runtime_error(path, exc) from exc
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp_path.unlink()
-
-
-def write_atomic(path: str | os.PathLike, writer: Callable[[Path], None]) -> Path:
-    """Call ``writer(tmp_path)`` then move the result onto ``path``."""
-    with atomic_path(path) as tmp:
-        writer(tmp)
-    return Path(path)
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    return write_atomic(path, lambda p: p.write_text(text, encoding="utf-8"))
-
-
-def write_json(path: str | os.PathLike, data: object) -> Path:
-    """JSON with numpy values converted (NaN/inf become null), written atomically."""
-    return write_text_atomic(path, json.dumps(_finite(data), indent=2, default=_json_default) + "\n")
-
-
-def _finite(o: object) -> object:
-    if isinstance(o, float) and not np.isfinite(o):
-        return None
-    if isinstance(o, dict):
-        return {k: _finite(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_finite(v) for v in o]
-    return o
-
-
-class OutputTransaction:
-    """All-or-nothing writing of several files.
-
-    Each ``add`` writes to a hidden temporary file beside its destination; leaving the
-    ``with`` block without error renames them all into place. On any error or Ctrl-C the
-    temporaries, and any file this transaction already moved into place, are removed.
-    """
-
-    def __init__(self) -> None:
-        self._staged: list[tuple[Path, Path]] = []
-        self._done: list[Path] = []
-
-    def __enter__(self) -> OutputTransaction:
-        return self
-
-    def add(self, path: str | os.PathLike, writer: Callable[[Path], object]) -> None:
-        path = Path(path)
-        suffix = "".join(path.suffixes) or ".tmp"
-        try:
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".part{suffix}",
-                                       dir=path.parent)
-            os.close(fd)
-        except OSError as exc:
-            raise _explain_os_error(path, exc) from exc
-        self._staged.append((Path(tmp), path))
-        try:
-            writer(Path(tmp))
-        except OSError as exc:
-            raise _explain_os_error(path, exc) from exc
-        except RuntimeError as exc:
-            raise _explain_runtime_error(path, exc) from exc
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            try:
-                for tmp, dst in self._staged:
-                    _publish(tmp, dst)
-                    self._done.append(dst)
-                self._staged.clear()
-                return None
-            except BaseException:
-                self._rollback()
-                raise
-        self._rollback()
-        return None
-
-    def _rollback(self) -> None:
-        for tmp, _ in self._staged:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-        for dst in self._done:
-            with contextlib.suppress(FileNotFoundError):
-                dst.unlink()
-        self._staged.clear()
-        self._done.clear()
-
-
-def _explain_runtime_error(path: Path, exc: RuntimeError) -> OutputError:
-    if "No space" in str(exc):
-        return OutputError(f"{path}: no space left on the device; free some space and run again")
-    return OutputError(f"{path}: cannot write ({str(exc).splitlines()[0]})")
-
-
-def _json_default(o: object) -> object:
-    if isinstance(o, np.integer):
-        return int(o)
-    if isinstance(o, np.floating):
-        return None if not np.isfinite(o) else float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serialisable: {type(o)}")
-
-
-def check_outputs(
-    paths: Sequence[Path], *, overwrite: bool, inputs: Sequence[str | os.PathLike] = ()
-) -> None:
-    """Refuse to overwrite without ``overwrite`` and never write onto an input file."""
-    resolved_inputs = {Path(p).resolve() for p in inputs if p}
+def check_outputs(paths: Sequence[Path], *, overwrite: bool,
+                  inputs: Sequence[str | os.PathLike] = ()) -> None:
+    """Before any work: never write onto an input, onto a folder, or (without
+    ``overwrite``) onto an existing file."""
+    resolved = {Path(p).resolve() for p in inputs if p}
     for p in paths:
-        if p.resolve() in resolved_inputs:
+        if p.resolve() in resolved:
             raise OutputError(f"{p}: is one of the inputs; choose another output folder with -o")
-    existing = [str(p) for p in paths if p.exists()]
+        if p.is_dir():
+            raise OutputError(f"{p}: is a folder; an output file cannot replace it (remove it "
+                              "or choose another output folder)")
+    existing = [str(p) for p in paths if p.exists() or p.is_symlink()]
     if existing and not overwrite:
-        raise OutputError(
-            f"output exists: {', '.join(existing)}; pass --overwrite to replace it or choose "
-            "another folder with -o"
-        )
+        raise OutputError(f"output exists: {', '.join(existing)}; pass --overwrite to replace it "
+                          "or choose another folder with -o")
 
 
 def prepare_output_dir(out_dir: str | os.PathLike) -> Path:
@@ -240,78 +128,282 @@ def prepare_output_dir(out_dir: str | os.PathLike) -> Path:
     return out
 
 
-# --- writers --------------------------------------------------------------------------------
+# --- all-or-nothing writing ------------------------------------------------------------------
 
 
-def labelmap_volume(labels: np.ndarray, reference: Volume) -> Volume:
-    """A uint8 labelmap volume with the reference's geometry."""
+def _explain_os_error(path: Path, exc: OSError) -> OutputError:
+    if exc.errno == errno.ENOSPC:
+        return OutputError(f"{path}: no space left on the device; free some space and run again")
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return OutputError(f"{path}: folder is not writable; choose another output folder with -o")
+    if exc.errno == errno.ENAMETOOLONG:
+        return OutputError(f"{path}: file name too long for this file system; use a shorter "
+                           "output name or folder")
+    return OutputError(f"{path}: cannot write ({exc.strerror or exc})")
+
+
+def _explain_runtime_error(path: Path, exc: RuntimeError) -> OutputError:
+    if "No space" in str(exc):
+        return OutputError(f"{path}: no space left on the device; free some space and run again")
+    return OutputError(f"{path}: cannot write ({str(exc).splitlines()[0]})")
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM back while files are moved into place (POSIX main thread)."""
+    sigs = {signal.SIGINT, signal.SIGTERM}
+    try:
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
+    except (AttributeError, ValueError, OSError):
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+@contextlib.contextmanager
+def _folder_lock(folders: Sequence[Path]) -> Iterator[None]:
+    """Exclusive advisory locks on the destination folders (no lock files are created)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks on folders
+        yield
+        return
+    fds = []
+    try:
+        for d in sorted({f.resolve() for f in folders}):
+            fd = os.open(d, os.O_RDONLY)
+            fds.append(fd)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        for fd in fds:
+            os.close(fd)  # closing releases the lock
+
+
+class OutputTransaction:
+    """All-or-nothing writing of several files (the only way medseg writes outputs).
+
+    ``add(path, writer)`` calls ``writer(tmp)`` on a hidden temporary file beside ``path``.
+    Leaving the ``with`` block without error moves every file into place; with
+    ``overwrite=False`` a destination that appeared meanwhile (another run) is a conflict.
+    On any error, Ctrl-C or SIGTERM, temporaries are removed and replaced files restored.
+    """
+
+    def __init__(self, overwrite: bool = True) -> None:
+        self.overwrite = overwrite
+        self._staged: list[tuple[Path, Path]] = []
+
+    def __enter__(self) -> OutputTransaction:
+        return self
+
+    def add(self, path: str | os.PathLike, writer: Callable[[Path], object]) -> Path:
+        path = Path(path)
+        suffix = "".join(path.suffixes[-2:])[-16:] or ".tmp"
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=".medseg-", suffix=f".part{suffix}", dir=path.parent)
+            os.close(fd)
+        except OSError as exc:
+            raise _explain_os_error(path, exc) from exc
+        self._staged.append((Path(tmp), path))
+        try:
+            writer(Path(tmp))
+        except OSError as exc:
+            raise _explain_os_error(path, exc) from exc
+        except RuntimeError as exc:  # SimpleITK raises RuntimeError for I/O failures
+            raise _explain_runtime_error(path, exc) from exc
+        return path
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is None:
+                self._publish()
+        finally:
+            for tmp, _ in self._staged:
+                with contextlib.suppress(FileNotFoundError):
+                    tmp.unlink()
+            self._staged.clear()
+
+    def _publish(self) -> None:
+        done: list[tuple[Path, Path | None]] = []  # (destination, backup of what it replaced)
+        with _signals_held(), _folder_lock([d.parent for _, d in self._staged]):
+            try:
+                for tmp, dst in self._staged:
+                    done.append((dst, self._move(tmp, dst)))
+            except BaseException:
+                for dst, backup in reversed(done):
+                    with contextlib.suppress(FileNotFoundError):
+                        dst.unlink()
+                    if backup is not None:
+                        os.replace(backup, dst)
+                raise
+            for _, backup in done:
+                if backup is not None:
+                    backup.unlink()
+
+    def _move(self, tmp: Path, dst: Path) -> Path | None:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        backup = None
+        if dst.exists() or dst.is_symlink():
+            if dst.is_dir():
+                raise OutputError(f"{dst}: is a folder; an output file cannot replace it")
+            if not self.overwrite:
+                raise OutputError(f"{dst}: appeared while this run was working (another medseg "
+                                  "run writing the same outputs?); nothing was written")
+            backup = dst.with_name(f".medseg-{os.getpid()}-{dst.name[-40:]}.bak")
+            os.replace(dst, backup)
+        try:
+            os.replace(tmp, dst)
+        except OSError as exc:
+            if backup is not None:
+                os.replace(backup, dst)
+            raise _explain_os_error(dst, exc) from exc
+        return backup
+
+
+def write_atomic(path: str | os.PathLike, writer: Callable[[Path], object],
+                 overwrite: bool = True) -> Path:
+    """One file through :class:`OutputTransaction`."""
+    with OutputTransaction(overwrite) as tx:
+        tx.add(path, writer)
+    return Path(path)
+
+
+def write_json(path: str | os.PathLike, data: object) -> Path:
+    """JSON with numpy values converted (NaN/inf become null), written atomically."""
+    return write_atomic(path, lambda p: json_file(p, data))
+
+
+def json_file(path: Path, data: object) -> None:
+    text = json.dumps(_finite(data), indent=2, default=_json_default, ensure_ascii=False)
+    path.write_text(text + "\n", encoding="utf-8")
+
+
+def _finite(o: object) -> object:
+    if isinstance(o, float) and not np.isfinite(o):
+        return None
+    if isinstance(o, dict):
+        return {k: _finite(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_finite(v) for v in o]
+    return o
+
+
+def _json_default(o: object) -> object:
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return None if not np.isfinite(o) else float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o)}")
+
+
+# --- writers (to a given path; the transaction makes them atomic) -----------------------------
+
+
+def labelmap_volume(labels: np.ndarray, reference: Volume, dtype: str = "uint8") -> Volume:
+    """A labelmap volume with the reference's geometry."""
     if labels.shape != reference.shape:
         raise ValueError(f"labelmap shape {labels.shape} != reference {reference.shape}")
-    if labels.size and int(labels.max()) > 255:
-        raise ValueError("more than 255 labels do not fit a uint8 labelmap")
-    return Volume(
-        labels.astype(np.uint8, copy=False), reference.spacing, reference.origin,
-        reference.direction.copy(),
-    )
+    return Volume(labels.astype(dtype, copy=False), reference.spacing, reference.origin,
+                  reference.direction.copy())
 
 
-def write_nifti_labelmap(labels: np.ndarray, reference: Volume, path: str | os.PathLike) -> Path:
-    """uint8 NIfTI labelmap on the reference's grid, written atomically."""
+def nifti_labelmap(labels: np.ndarray, reference: Volume, path: Path, dtype: str = "uint8") -> None:
+    """Labelmap on the reference's grid (compressed NIfTI)."""
     import SimpleITK as sitk
 
-    img = labelmap_volume(labels, reference).to_sitk()
-    return write_atomic(path, lambda p: sitk.WriteImage(img, str(p), useCompression=True))
+    sitk.WriteImage(labelmap_volume(labels, reference, dtype).to_sitk(), str(path),
+                    useCompression=True)
 
 
-def write_color_table(segments: Sequence[Segment], path: str | os.PathLike) -> Path:
+def color_table(plan: LabelPlan, path: Path) -> None:
     """Slicer colour table (``.ctbl``): ``value name R G B A`` per line, 0 = background."""
-    lines = ["# medseg colour table: value name R G B A", "0 background 0 0 0 0"]
-    lines += [f"{s.value} {s.name.replace(' ', '_')} {s.color[0]} {s.color[1]} {s.color[2]} 255"
-              for s in segments]
-    return write_text_atomic(path, "\n".join(lines) + "\n")
+    lines = ["# Color table file (3D Slicer): value name R G B A", "0 background 0 0 0 0"]
+    lines += [f"{e.output_value} {e.name.replace(' ', '_')} {e.color[0]} {e.color[1]} "
+              f"{e.color[2]} 255" for e in plan]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
-def seg_nrrd_header(labels: np.ndarray, reference: Volume, segments: Sequence[Segment]) -> dict:
-    """The NRRD header of a Slicer segmentation with one shared labelmap layer."""
+def itksnap_labels(plan: LabelPlan, path: Path) -> None:
+    """ITK-SNAP label description file: ``IDX R G B A VIS MSH "LABEL"`` per line."""
+    lines = ["# ITK-SnAP Label Description File",
+             '    0     0    0    0        0  0  0    "Clear Label"']
+    for e in plan:
+        label = e.name.replace('"', "'")
+        lines.append(f"{e.output_value:5d} {e.color[0]:5d} {e.color[1]:4d} {e.color[2]:4d}"
+                     f"        1  1  1    \"{label}\"")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def seg_nrrd_header(labels: np.ndarray, reference: Volume, plan: LabelPlan) -> dict[str, str]:
+    """The NRRD header fields of a Slicer segmentation with one shared labelmap layer
+    (custom ``key:=value`` fields are the ones with an upper-case first letter)."""
     nz, ny, nx = labels.shape
-    space_dirs = (reference.direction * np.asarray(reference.spacing)[None, :]).T  # rows = axes
-    header: dict = {
-        "type": "unsigned char",
-        "dimension": 3,
-        "space": "left-posterior-superior",
-        "sizes": [nx, ny, nz],
-        "space directions": space_dirs,
-        "kinds": ["domain", "domain", "domain"],
-        "encoding": "gzip",
-        "space origin": np.asarray(reference.origin, dtype=float),
+    dirs = (reference.direction * np.asarray(reference.spacing)[None, :]).T  # rows: i, j, k
+    header = {
+        "type": "unsigned char" if plan.dtype == "uint8" else "unsigned short",
+        "dimension": "3", "space": "left-posterior-superior", "sizes": f"{nx} {ny} {nz}",
+        "space directions": " ".join(_vec(r) for r in dirs),
+        "kinds": "domain domain domain", "endian": "little", "encoding": "gzip",
+        "space origin": _vec(reference.origin),
     }
-    full_extent = f"0 {nx - 1} 0 {ny - 1} 0 {nz - 1}"
-    for i, s in enumerate(segments):
-        header[f"Segment{i}_Color"] = " ".join(f"{c / 255:.6g}" for c in s.color)
-        header[f"Segment{i}_ColorAutoGenerated"] = "0"
-        header[f"Segment{i}_Extent"] = full_extent
-        header[f"Segment{i}_ID"] = f"Segment_{s.value}"
-        header[f"Segment{i}_LabelValue"] = str(s.value)
-        header[f"Segment{i}_Layer"] = "0"
-        header[f"Segment{i}_Name"] = s.name
-        header[f"Segment{i}_NameAutoGenerated"] = "0"
-        header[f"Segment{i}_Tags"] = "Segmentation.Status:completed|"
+    for i, e in enumerate(plan):
+        tags = "Segmentation.Status:inprogress|"  # an automatic result, not yet reviewed
+        if e.terminology:
+            tags += f"TerminologyEntry:{e.terminology}|"
+        header.update({
+            f"Segment{i}_Color": " ".join(f"{c / 255:.6g}" for c in e.color),
+            f"Segment{i}_ColorAutoGenerated": str(int(e.color_auto)),
+            f"Segment{i}_Extent": _extent(labels == e.output_value),
+            f"Segment{i}_ID": f"Segment_{e.output_value}",
+            f"Segment{i}_LabelValue": str(e.output_value),
+            f"Segment{i}_Layer": "0",
+            f"Segment{i}_Name": e.name,
+            f"Segment{i}_NameAutoGenerated": str(int(e.name_auto)),
+            f"Segment{i}_Tags": tags,
+        })
     header["Segmentation_ContainedRepresentationNames"] = "Binary labelmap|"
     header["Segmentation_MasterRepresentation"] = "Binary labelmap"
     header["Segmentation_ReferenceImageExtentOffset"] = "0 0 0"
     return header
 
 
-def write_seg_nrrd(
-    labels: np.ndarray, reference: Volume, segments: Sequence[Segment], path: str | os.PathLike
-) -> Path:
-    """Slicer ``.seg.nrrd`` on the reference's grid (valid for empty predictions too)."""
-    import nrrd
+def _vec(v) -> str:
+    return "(" + ",".join(repr(float(x)) for x in v) + ")"
 
-    header = seg_nrrd_header(labels, reference, segments)
-    # NRRD's fastest axis first: write the (z, y, x) array in Fortran order as (x, y, z).
-    data = np.ascontiguousarray(labels.astype(np.uint8)).transpose(2, 1, 0)
-    return write_atomic(
-        path,
-        lambda p: nrrd.write(str(p), data, header, index_order="F", compression_level=6),
-    )
+
+def _extent(mask: np.ndarray) -> str:
+    """Slicer's per-segment extent ``i0 i1 j0 j1 k0 k1``; ``0 -1 0 -1 0 -1`` when empty."""
+    if not mask.any():
+        return "0 -1 0 -1 0 -1"
+    out = []
+    for ax in (2, 1, 0):  # i (x), j (y), k (z)
+        hit = np.nonzero(mask.any(axis=tuple(a for a in range(3) if a != ax)))[0]
+        out += [int(hit[0]), int(hit[-1])]
+    return " ".join(map(str, out))
+
+
+def seg_nrrd(labels: np.ndarray, reference: Volume, plan: LabelPlan, path: Path) -> None:
+    """Slicer ``.seg.nrrd`` on the reference's grid (a full-size volume even when empty).
+
+    Written directly (NRRD0004, gzip): the header is UTF-8, as Slicer writes segment
+    names, so names in any script survive (pynrrd would only write ASCII).
+    """
+    import gzip
+
+    lines = ["NRRD0004", "# Complete NRRD file format specification at:",
+             "# http://teem.sourceforge.net/nrrd/format.html"]
+    for k, v in seg_nrrd_header(labels, reference, plan).items():
+        lines.append(f"{k}:={v}" if k[0].isupper() else f"{k}: {v}")
+    data = np.ascontiguousarray(labels.astype("<u1" if plan.dtype == "uint8" else "<u2"))
+    with open(path, "wb") as fh:  # (z, y, x) in C order: x runs fastest, as NRRD's first axis
+        fh.write(("\n".join(lines) + "\n\n").encode("utf-8"))
+        fh.write(gzip.compress(data.tobytes(), compresslevel=6))

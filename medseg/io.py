@@ -164,20 +164,26 @@ def _nifti_transform_check(path: Path, img) -> str | None:
     return used
 
 
-def _read_dicom_series(path: Path, series: str | None) -> tuple[Any, dict[str, Any]]:
+def _series_flag(name: str) -> str:
+    return "--support-series (Python: support_series=UID)" if name.startswith("support") \
+        else "--series (Python: query_series=UID)"
+
+
+def _read_dicom_series(path: Path, series: str | None, name: str = "image"
+                       ) -> tuple[Any, dict[str, Any]]:
     import SimpleITK as sitk
 
     reader = sitk.ImageSeriesReader()
     ids = list(reader.GetGDCMSeriesIDs(str(path)))
     if not ids:
-        raise InputError(f"{path}: folder holds no DICOM series (and is not an image file)")
+        raise InputError(f"{name} {path}: folder holds no DICOM image series (and is not an "
+                         "image file)")
     files_per = {sid: list(reader.GetGDCMSeriesFileNames(str(path), sid)) for sid in ids}
     if series is not None:
         if series not in files_per:
             raise InputError(
-                f"{path}: no DICOM series {series!r}; present: "
-                + ", ".join(f"{s} ({len(f)} files)" for s, f in files_per.items())
-            )
+                f"{name} {path}: no DICOM series {series!r}; present: "
+                + ", ".join(f"{s} ({len(f)} files)" for s, f in files_per.items()))
         chosen = series
     else:
         # deterministic: most files first, then the series UID in sort order
@@ -185,14 +191,58 @@ def _read_dicom_series(path: Path, series: str | None) -> tuple[Any, dict[str, A
         if len(files_per) > 1:
             others = ", ".join(f"{s} ({len(files_per[s])} files)" for s in files_per if s != chosen)
             warnings.warn(
-                f"{path}: {len(files_per)} DICOM series found; using {chosen} "
+                f"{name} {path}: {len(files_per)} DICOM series found; using {chosen} "
                 f"({len(files_per[chosen])} files, the largest). Others: {others}. "
-                "Pick one with --series.",
-                stacklevel=3,
-            )
-    reader.SetFileNames(files_per[chosen])
+                f"Pick one with {_series_flag(name)}.", stacklevel=3)
+    files = files_per[chosen]
+    _check_slice_positions(files, path, name)
+    reader.SetFileNames(files)
     img = reader.Execute()
-    return img, {"dicom_series": chosen, "dicom_files": len(files_per[chosen])}
+    return img, {"dicom_series": chosen, "dicom_files": len(files), "dicom_file_list": files}
+
+
+def _check_slice_positions(files: list[str], path: Path, name: str) -> None:
+    """Refuse a series with missing or unevenly spaced slices (it has no single grid)."""
+    if len(files) < 3:
+        return
+    import pydicom
+
+    pos, normal = [], None
+    for f in files:
+        ds = pydicom.dcmread(f, stop_before_pixels=True, specific_tags=[
+            "ImagePositionPatient", "ImageOrientationPatient"])
+        if "ImagePositionPatient" not in ds or "ImageOrientationPatient" not in ds:
+            return  # not a cross-sectional series with positions: nothing to check
+        if normal is None:
+            o = np.asarray(ds.ImageOrientationPatient, float)
+            normal = np.cross(o[:3], o[3:])
+        pos.append(float(np.dot(normal, np.asarray(ds.ImagePositionPatient, float))))
+    gaps = np.diff(np.sort(pos))
+    step = float(np.median(gaps))
+    bad = np.nonzero(np.abs(gaps - step) > max(0.01 * abs(step), 1e-3))[0]
+    if step <= 0 or bad.size:
+        i = int(bad[0]) if bad.size else 0
+        p = np.sort(pos)
+        raise InputError(
+            f"{name} {path}: slice positions are not evenly spaced ({len(files)} slices, "
+            f"{step:.4g} mm apart, but {gaps[i]:.4g} mm between {p[i]:.4g} and {p[i + 1]:.4g} "
+            "mm): slices are missing or the series mixes acquisitions. Re-export the complete "
+            "series")
+
+
+def _dicom_file_series(p: Path, series: str | None, name: str) -> tuple[Any, dict] | None:
+    """One file of a DICOM image series given: read the whole series it belongs to."""
+    from .dicom import series_files_of
+
+    found = series_files_of(p)
+    if found is None:
+        return None
+    folder, uid = found
+    img, meta = _read_dicom_series(folder, series or uid, name)
+    if meta["dicom_files"] > 1:
+        warnings.warn(f"{name} {p}: one file of a {meta['dicom_files']}-slice DICOM series; "
+                      f"reading the whole series {uid} from {folder}", stacklevel=3)
+    return img, meta
 
 
 def read_image(path: str | os.PathLike, *, series: str | None = None, name: str = "image") -> Volume:
@@ -206,8 +256,12 @@ def read_image(path: str | os.PathLike, *, series: str | None = None, name: str 
     if not p.exists():
         raise InputError(f"{name} {p}: no such file or folder")
     meta: dict[str, Any] = {}
+    dicom_file = None if p.is_dir() or _suffix(p) in IMAGE_SUFFIXES else \
+        _dicom_file_series(p, series, name)
     if p.is_dir():
-        img, meta = _read_dicom_series(p, series)
+        img, meta = _read_dicom_series(p, series, name)
+    elif dicom_file is not None:
+        img, meta = dicom_file
     else:
         if not os.access(p, os.R_OK):
             raise InputError(f"{name} {p}: not readable (check permissions)")
@@ -261,10 +315,12 @@ def _check_nifti_complete(p: Path, name: str) -> None:
     import io
     import struct
 
+    with open(p, "rb") as fh:
+        gzipped = fh.read(2) == b"\x1f\x8b"  # by content: names can lie either way
     try:
         import nibabel as nib
 
-        opener = gzip.open if p.name.lower().endswith(".gz") else open
+        opener = gzip.open if gzipped else open
         with opener(p, "rb") as fh:
             raw = fh.read(540)
         sizeof_hdr = struct.unpack("<i", raw[:4])[0]
@@ -276,7 +332,7 @@ def _check_nifti_complete(p: Path, name: str) -> None:
             hdr.get_data_dtype().itemsize)
     except Exception:
         return  # not parseable here: let SimpleITK report it
-    if p.name.lower().endswith(".gz"):
+    if gzipped:
         with open(p, "rb") as fh:
             fh.seek(-4, os.SEEK_END)
             (isize,) = struct.unpack("<I", fh.read(4))

@@ -4,7 +4,8 @@ Distances (lower = more similar), all computed in batches:
 
 * ``sam2``: LPIPS-style perceptual distance on SAM2's own image-encoder features
   (unit-normalised channels, squared differences, averaged over positions and levels);
-  no extra network. Computed by :class:`medseg.engine.Sam2Engine`.
+  no extra network. The features come from the engine's feature store, which keeps them
+  for the propagation (:class:`Sam2FeatureMatcher`).
 * ``ssim``: 1 - mean SSIM (7x7 uniform window, as scikit-image), weight-free.
 * ``ncc``: 1 - normalised cross-correlation, weight-free and the cheapest.
 
@@ -13,11 +14,20 @@ Weight-free distances are computed on frames resized to ``size`` x ``size``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any, Protocol
+
 import numpy as np
 
-from .errors import UsageError
+from .options import MATCHERS, check_choice
 
-MATCHERS = ("sam2", "ssim", "ncc")
+
+class Matcher(Protocol):
+    """Distances (n, M) between query frames and bank members; lower is more similar."""
+
+    name: str
+
+    def distances(self, query: np.ndarray, bank_images: np.ndarray) -> np.ndarray: ...
 
 
 def _resize(frames: np.ndarray, size: int):
@@ -67,12 +77,38 @@ def ssim_distance(
     return out
 
 
-def weight_free_distance(name: str, query: np.ndarray, bank: np.ndarray) -> np.ndarray:
-    if name == "ssim":
-        return ssim_distance(query, bank)
-    if name == "ncc":
-        return ncc_distance(query, bank)
-    raise UsageError(f"matcher {name!r}: choose one of {', '.join(MATCHERS)}")
+@dataclass(frozen=True)
+class WeightFreeMatcher:
+    """``ssim`` or ``ncc`` on frames resized to 128 x 128; needs no model."""
+
+    name: str
+
+    def distances(self, query: np.ndarray, bank_images: np.ndarray) -> np.ndarray:
+        fn = ssim_distance if self.name == "ssim" else ncc_distance
+        return fn(query, bank_images)
+
+
+class Sam2FeatureMatcher:
+    """LPIPS-style distance on SAM2 encoder features drawn from ``store`` (query frames)."""
+
+    name = "sam2"
+
+    def __init__(self, engine: Any, store: Any):
+        self.engine, self.store = engine, store
+
+    def distances(self, query: np.ndarray, bank_images: np.ndarray) -> np.ndarray:
+        e = self.engine
+        bank = e.descriptors(e.encode_many(bank_images))
+        out = np.empty((len(query), len(bank_images)), np.float32)
+        for idx, entries in self.store.batches():
+            out[idx] = e.distances(e.descriptors(entries), bank)
+        return out
+
+
+def make_matcher(name: str, engine: Any = None, store: Any = None) -> Matcher:
+    """The matcher called ``name`` (``sam2`` needs an engine and a feature store)."""
+    check_choice(name, MATCHERS, "matcher")
+    return Sam2FeatureMatcher(engine, store) if name == "sam2" else WeightFreeMatcher(name)
 
 
 def best_members(distances: np.ndarray) -> np.ndarray:
@@ -81,5 +117,6 @@ def best_members(distances: np.ndarray) -> np.ndarray:
 
 
 def transfer_masks(matches: np.ndarray, bank_masks: np.ndarray) -> np.ndarray:
-    """Matcher-transfer baseline: each query frame takes its matched member's mask."""
+    """Matcher-transfer baseline: each query frame takes its matched member's masks
+    (``bank_masks`` (M, K, H, W) -> (n, K, H, W))."""
     return bank_masks[matches]

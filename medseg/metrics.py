@@ -161,6 +161,8 @@ class Evaluation:
     per_slice: np.ndarray  # (n_axial_slices, n_labels) Dice, inferior -> superior
     implementation: str
     ref_labels: list[int]
+    names: list[str]
+    mapping_note: str | None = None  # how prediction values were paired with reference values
 
     def as_dict(self) -> dict:
         return {
@@ -169,17 +171,23 @@ class Evaluation:
             "spacing_zyx_mm": list(self.spacing_zyx),
             "implementation": self.implementation,
             "empty_mask_rules": "both empty: NaN for all; one empty: Dice/IoU/NSD 0, HD95/ASSD inf",
-            "labels": [{**s.as_dict(), "ref_label": r} for s, r in zip(self.scores, self.ref_labels)],
+            "label_mapping": self.mapping_note,
+            "labels": [{**s.as_dict(), "ref_label": r, "name": n}
+                       for s, r, n in zip(self.scores, self.ref_labels, self.names)],
             "per_slice_dice": self.per_slice.tolist(),
         }
 
     def to_csv(self) -> str:
-        cols = list(LabelScores.__dataclass_fields__) + ["ref_label"]
+        cols = ["name", *LabelScores.__dataclass_fields__, "ref_label"]
         lines = [",".join(cols)]
-        for s, r in zip(self.scores, self.ref_labels):
-            d = {**s.as_dict(), "ref_label": r}
+        for s, r, n in zip(self.scores, self.ref_labels, self.names):
+            d = {**s.as_dict(), "ref_label": r, "name": _csv_text(n)}
             lines.append(",".join(_fmt(d[c]) for c in cols))
         return "\n".join(lines) + "\n"
+
+
+def _csv_text(s: str) -> str:
+    return f'"{s}"' if any(c in s for c in ',"\n') and not s.startswith('"') else s
 
 
 def _fmt(v: object) -> str:
@@ -195,8 +203,13 @@ def evaluate_files(
     ref_labels: Sequence[int] | None = None,
     tolerance_mm: float = 2.0,
 ) -> Evaluation:
-    """Score two label files on the same grid; a grid mismatch is an error, never resampled."""
-    from .errors import InputError
+    """Score two label files on the same grid; a grid mismatch is an error, never resampled.
+
+    Without ``labels``, a medseg prediction is paired through its report (beside it):
+    output value ``i`` is scored against the support value it was made from; otherwise
+    every value present in either file is scored against the same value.
+    """
+    from .errors import InputError, UsageError
     from .frames import label_to_frames
     from .io import read_image, same_geometry
 
@@ -214,31 +227,65 @@ def evaluate_files(
         if np.issubdtype(a.dtype, np.floating) and not np.array_equal(a, np.round(a)):
             raise InputError(f"{name} {vol.path}: holds non-integer values; give a label map")
     p, r = pred.array.astype(np.int64), ref.array.astype(np.int64)
-    if labels is None:
-        labels = sorted(int(v) for v in np.union1d(np.unique(p), np.unique(r)) if v != 0)
-    ref_labels = list(ref_labels) if ref_labels else list(labels)
+    labels, ref_labels, names, note = _pairing(pred_path, p, r, labels, ref_labels)
     if len(ref_labels) != len(labels):
-        from .errors import UsageError
-
         raise UsageError(f"--ref-labels has {len(ref_labels)} values for {len(labels)} --labels")
     scores = evaluate_labelmaps(p, r, pred.spacing_zyx, labels, tolerance_mm, ref_labels)
     pf, rf = label_to_frames(pred.with_array(p)), label_to_frames(ref.with_array(r))
     per_slice = np.stack([per_slice_dice(pf == lp, rf == lr) for lp, lr in zip(labels, ref_labels)],
                          axis=1) if labels else np.zeros((pf.shape[0], 0))
     return Evaluation(str(pred_path), str(ref_path), scores, pred.spacing_zyx, per_slice,
-                      implementation(), list(ref_labels))
+                      implementation(), list(ref_labels), names, note)
+
+
+def _pairing(pred_path, p, r, labels, ref_labels):
+    """(prediction values, reference values, names, note) to score."""
+    named = medseg_segments(pred_path)
+    if labels is None and named:
+        labels = [s["output_value"] for s in named]
+        ref_labels = list(ref_labels) if ref_labels else [s["support_value"] for s in named]
+        note = ("paired through the medseg report: " + ", ".join(
+            f"{s['output_value']} ({s['name']}) -> reference {rv}"
+            for s, rv in zip(named, ref_labels)) + "; --labels/--ref-labels override")
+        return labels, ref_labels, [s["name"] for s in named], note
+    if labels is None:
+        labels = sorted(int(v) for v in np.union1d(np.unique(p), np.unique(r)) if v != 0)
+    ref_labels = list(ref_labels) if ref_labels else list(labels)
+    by_value = {s["output_value"]: s["name"] for s in named}
+    return list(labels), ref_labels, [by_value.get(v, f"label {v}") for v in labels], None
+
+
+def medseg_segments(pred_path) -> list[dict]:
+    """Segments (output value, support value, name) of a medseg output, from its report."""
+    import json
+    from pathlib import Path
+
+    p = Path(pred_path)
+    stem = p.name
+    for suf in ("_labels.nii.gz", "_labels.nii", ".seg.nrrd"):
+        if stem.endswith(suf):
+            stem = stem[: -len(suf)]
+            break
+    else:
+        return []
+    rep = p.with_name(f"{stem}_report.json")
+    try:
+        segs = json.loads(rep.read_text(encoding="utf-8")).get("segments", [])
+        return [s for s in segs if {"output_value", "support_value", "name"} <= set(s)]
+    except (OSError, ValueError, AttributeError):
+        return []
 
 
 def format_table(ev: Evaluation) -> str:
     """Plain-text table of an evaluation."""
-    head = f"{'label':>5} {'ref':>4} {'Dice':>7} {'IoU':>7} {'HD95mm':>8} {'ASSDmm':>8} " \
-           f"{'NSD@' + format(ev.scores[0].nsd_tolerance_mm if ev.scores else 2.0, 'g') + 'mm':>9}" \
-           f" {'pred ml':>9} {'ref ml':>9}"
+    tol = format(ev.scores[0].nsd_tolerance_mm if ev.scores else 2.0, "g")
+    head = (f"{'name':>14} {'label':>5} {'ref':>4} {'Dice':>7} {'IoU':>7} {'HD95mm':>8} "
+            f"{'ASSDmm':>8} {'NSD@' + tol + 'mm':>9} {'pred ml':>9} {'ref ml':>9}")
     rows = [head]
-    for s, r in zip(ev.scores, ev.ref_labels):
-        rows.append(f"{s.label:>5} {r:>4} {_fmt(s.dice):>7} {_fmt(s.iou):>7} {_fmt(s.hd95_mm):>8} "
-                    f"{_fmt(s.assd_mm):>8} {_fmt(s.nsd):>9} {s.pred_volume_ml:>9.2f} "
-                    f"{s.ref_volume_ml:>9.2f}")
+    for s, r, n in zip(ev.scores, ev.ref_labels, ev.names):
+        rows.append(f"{n[:14]:>14} {s.label:>5} {r:>4} {_fmt(s.dice):>7} {_fmt(s.iou):>7} "
+                    f"{_fmt(s.hd95_mm):>8} {_fmt(s.assd_mm):>8} {_fmt(s.nsd):>9} "
+                    f"{s.pred_volume_ml:>9.2f} {s.ref_volume_ml:>9.2f}")
     rows.append(f"distances: {ev.implementation}; spacing (z,y,x) mm = "
                 f"{tuple(round(x, 4) for x in ev.spacing_zyx)}")
     return "\n".join(rows)

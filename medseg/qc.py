@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from .api import Result
+    from .result import Result
 
 
 def _figure():
@@ -33,7 +33,8 @@ def pick_frames(labels: np.ndarray, count: int = 8) -> list[int]:
     return [int(i) for i in idx]
 
 
-def qc_figure(result: Result, path: str | os.PathLike, count: int = 8, dpi: int = 90) -> Path:
+def qc_figure(result: Result, path: str | os.PathLike, count: int = 8, dpi: int = 90,
+              fmt: str | None = None) -> Path:
     """Mosaic: query slices with the mask contour, each beside its matched support member,
     then per-slice mask area (mm^2) and SAM2 object score along the stack."""
     plt = _figure()
@@ -44,15 +45,16 @@ def qc_figure(result: Result, path: str | os.PathLike, count: int = 8, dpi: int 
     picks = pick_frames(labels, count)
     group = result.groups[0]
     match = result.matches.get(0)
-    colors = [np.array(s.color) / 255.0 for s in result.segments]
+    entries = list(result.plan)
+    colors = [np.array(e.color) / 255.0 for e in entries]
     cols = len(picks)
     fig = plt.figure(figsize=(2.1 * cols, 7.2), constrained_layout=True)
     gs = fig.add_gridspec(3, cols, height_ratios=[1, 1, 1.1])
     for j, f in enumerate(picks):
         ax = fig.add_subplot(gs[0, j])
         ax.imshow(frames[f], cmap="gray", vmin=0, vmax=1, aspect=aspect)
-        for s, c in zip(result.segments, colors):
-            m = labels[f] == s.value
+        for e, c in zip(entries, colors):
+            m = labels[f] == e.output_value
             if m.any():
                 ax.contour(m, levels=[0.5], colors=[c], linewidths=1.0)
         ax.set_title(f"query {f}", fontsize=8)
@@ -60,8 +62,8 @@ def qc_figure(result: Result, path: str | os.PathLike, count: int = 8, dpi: int 
         ax2 = fig.add_subplot(gs[1, j])
         mem = int(match[f]) if match is not None and match[f] >= 0 else 0
         ax2.imshow(group.bank.images[mem], cmap="gray", vmin=0, vmax=1, aspect=aspect)
-        for v, c in zip(group.values, colors):
-            m = group.bank.masks[mem] == v
+        for k, e in enumerate(group.entries):
+            m, c = group.bank.masks[mem, k], colors[e.output_value - 1]
             if m.any():
                 ax2.contour(m, levels=[0.5], colors=[c], linewidths=1.0)
         ax2.set_title(f"support #{mem}", fontsize=8)
@@ -69,9 +71,9 @@ def qc_figure(result: Result, path: str | os.PathLike, count: int = 8, dpi: int 
     ax3 = fig.add_subplot(gs[2, :])
     px_mm2 = float(sp[1] * sp[2])
     x = np.arange(frames.shape[0])
-    for s, c in zip(result.segments, colors):
-        ax3.plot(x, np.count_nonzero(labels == s.value, axis=(1, 2)) * px_mm2, color=c,
-                 label=f"{s.name} area")
+    for e, c in zip(entries, colors):
+        ax3.plot(x, np.count_nonzero(labels == e.output_value, axis=(1, 2)) * px_mm2, color=c,
+                 label=f"{e.name} area")
     ax3.set_xlabel(f"{result.query_frames.axis} frame")
     ax3.set_ylabel("mask area (mm²)")
     if result.object_scores is not None and np.isfinite(result.object_scores).any():
@@ -81,15 +83,14 @@ def qc_figure(result: Result, path: str | os.PathLike, count: int = 8, dpi: int 
         ax4.axhline(0, color="grey", lw=0.5)
         ax4.set_ylabel("SAM2 object score (dashed; >0 = present)")
     ax3.legend(loc="upper left", fontsize=8)
-    engine = result.report.get("engine") or {}
-    note = " — RANDOM-WEIGHT MODEL: masks are meaningless" if engine.get("random_weights") else ""
-    cfg = result.report.get("config", {})
+    note = " — RANDOM-WEIGHT MODEL: masks are meaningless" if result.report.random_weights else ""
+    cfg = result.report.config
     how = ("matcher transfer, no SAM2" if cfg.get("method") == "transfer"
            else f"SAM2 {cfg.get('mode', '')} mode")
     fig.suptitle(f"medseg QC ({how}, matcher {cfg.get('matcher', '?')}): top query slices, "
-                 f"middle the support member each was matched with ({result.segments[0].name})"
+                 f"middle the support member each was matched with ({group.entries[0].name})"
                  f"{note}", fontsize=10)
-    fig.savefig(path, dpi=dpi, format="png")
+    fig.savefig(path, dpi=dpi, format=fmt or Path(path).suffix[1:].lower() or "png")
     plt.close(fig)
     return Path(path)
 

@@ -27,12 +27,10 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/match"))
     args = ap.parse_args()
-    import torch
-
-    from medseg.api import machine, versions
     from medseg.checkpoints import build_random_checkpoint
     from medseg.engine import Sam2Engine
     from medseg.match import ncc_distance, ssim_distance
+    from medseg.report import machine, versions
 
     rng = np.random.default_rng(0)
     q = rng.random((args.frames, args.hw, args.hw), dtype=np.float32)
@@ -46,14 +44,13 @@ def main() -> None:
     e = Sam2Engine("tiny", str(ck), args.device)
     n_enc = 16
     t0 = time.perf_counter()
-    entries = [x for i in range(0, n_enc, 8) for x in e.encode(q[i : i + 8])]
+    entries = e.encode_many(q[:n_enc])
     enc_per_frame = (time.perf_counter() - t0) / n_enc
-    bank_entries = [x for i in range(0, len(b), 8) for x in e.encode(b[i : i + 8])]
+    bank_entries = e.encode_many(b)
     t0 = time.perf_counter()
-    bd = e.match_descriptor(bank_entries)
+    bd = e.descriptors(bank_entries)
     for _ in range(args.frames // n_enc):
-        qd = e.match_descriptor(entries)
-        torch.cdist(qd, bd).pow(2)
+        e.distances(e.descriptors(entries), bd)
     rows["sam2_descriptor"] = {"seconds": round(time.perf_counter() - t0, 3),
                                "note": "descriptor + distances only, on encoded features"}
     rows["sam2_encoder_reference"] = {"seconds": round(enc_per_frame * args.frames, 3),

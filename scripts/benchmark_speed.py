@@ -89,7 +89,7 @@ def worker(args) -> dict:
                           matcher=args.matcher, bank_size=args.bank_size)
         res.save(tmp / f"out_{args.mode}_{args.size}", overwrite=True)
         wall = time.perf_counter() - t0
-        t = res.report["timings_s"]
+        t = res.report.timings_s
         rec.update({f"{k}_s": v for k, v in t.items() if k != "model_load"})
         rec["total_s"] = round(wall, 3)
         rec["slices_per_s"] = round(args.size / wall, 3)
@@ -178,9 +178,9 @@ def main() -> None:
 
     import torch
 
-    from medseg.api import machine, versions
     from medseg.checkpoints import build_random_checkpoint, sha256
     from medseg.engine import select_device
+    from medseg.report import machine, versions
 
     dev = select_device(args.device)
     if args.image_size is None and args.checkpoint is None:
@@ -221,7 +221,7 @@ def main() -> None:
                                                                            "mode", "tmp")},
             "rows": rows}
     (args.out / f"speed_{tag}.json").write_text(json.dumps(meta, indent=2))
-    cols = ["slices", "mode", "load_s", "frames_s", "bank_s", "match_s", "sam2_s",
+    cols = ["slices", "mode", "load_s", "frames_s", "support_s", "match_s", "propagate_s",
             "postprocess_s", "write_s", "total_s", "slices_per_s", "raw_frames_per_s",
             "ratio_to_raw_sam2", "peak_rss_mb", "peak_gpu_mb"]
     with open(args.out / f"speed_{tag}.csv", "w", newline="") as fh:

@@ -27,76 +27,13 @@ from pathlib import Path
 import numpy as np
 
 
-def test_frames(n: int, size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """uint8 frames with smooth structure + noise, and two object masks (K, H, W)."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.meshgrid(np.linspace(-1, 1, size), np.linspace(-1, 1, size), indexing="ij")
-    frames = []
-    for i in range(n):
-        c = 0.05 * np.sin(i)
-        img = 0.3 + 0.4 * (((yy - c) / 0.5) ** 2 + ((xx + c) / 0.35) ** 2 < 1)
-        img = img + 0.2 * (((yy + 0.4) / 0.2) ** 2 + ((xx - 0.5) / 0.15) ** 2 < 1)
-        img = img + rng.normal(0, 0.05, img.shape)
-        frames.append(np.clip(img * 255, 0, 255).astype(np.uint8))
-    masks = np.stack([((yy / 0.5) ** 2 + (xx / 0.35) ** 2 < 1),
-                      (((yy + 0.4) / 0.2) ** 2 + ((xx - 0.5) / 0.15) ** 2 < 1)])
-    return np.stack(frames), masks
-
-
-def stock_run(predictor, frames_u8: np.ndarray, prompt_frame: int, masks: np.ndarray,
-              autocast) -> tuple[np.ndarray, np.ndarray]:
-    """Stock sam2: logits (n, K, H, W) and object scores (n, K) of every frame but the prompt's."""
-    import torch
-    from PIL import Image
-
-    n, h, w = frames_u8.shape
-    with tempfile.TemporaryDirectory() as d:
-        for i, f in enumerate(frames_u8):
-            Image.fromarray(f).convert("RGB").save(Path(d) / f"{i:05d}.jpg", format="PNG")
-        with torch.inference_mode(), autocast():
-            state = predictor.init_state(d)
-            for o, m in enumerate(masks):
-                predictor.add_new_mask(state, prompt_frame, o, torch.from_numpy(m))
-            logits = np.full((n, len(masks), h, w), np.nan, np.float32)
-            for reverse in (False, True):
-                for fidx, _, lg in predictor.propagate_in_video(state, start_frame_idx=prompt_frame,
-                                                                reverse=reverse):
-                    logits[fidx] = lg[:, 0].float().cpu().numpy()
-            scores = np.full((n, len(masks)), np.nan, np.float32)
-            for o in range(len(masks)):
-                out = state["output_dict_per_obj"][o]["non_cond_frame_outputs"]
-                for fidx, v in out.items():
-                    scores[fidx, o] = float(v["object_score_logits"].float().reshape(-1)[0])
-    keep = [i for i in range(n) if i != prompt_frame]
-    return logits[keep], scores[keep]
-
-
-def stock_pairs(predictor, support: np.ndarray, queries: np.ndarray, masks: np.ndarray, autocast):
-    """Stock sam2, one 2-frame video [support, query] per query frame."""
-    res = [stock_run(predictor, np.stack([support, q]), 0, masks, autocast) for q in queries]
-    return np.concatenate([r[0] for r in res]), np.concatenate([r[1] for r in res])
-
-
-def compare(a: tuple, b: tuple) -> dict:
-    """Largest logit / score difference and differing mask pixels (logit > 0)."""
-    la, sa = a
-    lb, sb = b
-    return {
-        "max_abs_logit_diff": float(np.nanmax(np.abs(la - lb))),
-        "max_abs_score_diff": float(np.nanmax(np.abs(sa - sb))),
-        "pixels_differing": int(((la > 0) != (lb > 0)).sum()),
-        "pixels": int(la.size),
-        "bitwise_equal": bool(np.array_equal(la, lb, equal_nan=True)
-                              and np.array_equal(sa, sb, equal_nan=True)),
-    }
-
-
 def run(args) -> dict:
     import torch
 
     from medseg.api import machine, versions
     from medseg.checkpoints import build_random_checkpoint
     from medseg.engine import Sam2Engine, select_device
+    from medseg.engine.reference import compare, sample_frames, stock_pairs, stock_predictor, stock_run
 
     dev = select_device(args.device)
     precisions = [p for p in args.precisions.split(",") if p]
@@ -105,7 +42,7 @@ def run(args) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="medseg-equiv-"))
     ckpt = args.checkpoint or build_random_checkpoint(tmp / "random.pt", "tiny", args.image_size,
                                                       0, 5.0)
-    frames_u8, masks = test_frames(args.frames + 1, args.image_size)
+    frames_u8, masks = sample_frames(args.frames + 1, args.image_size)
     s = args.frames // 2
     query_u8 = np.delete(frames_u8, s, axis=0)
     query = (query_u8 / 255.0).astype(np.float32)
@@ -115,9 +52,10 @@ def run(args) -> dict:
         for bs in [int(b) for b in args.batch_sizes.split(",")]:
             eng = Sam2Engine("tiny", str(ckpt), str(dev), image_size=args.image_size,
                              batch_size=bs, precision=precision)
+            ref = stock_predictor(eng)
             stock = {
-                "volume": stock_run(eng.predictor, frames_u8, s, masks, eng.autocast),
-                "pair": stock_pairs(eng.predictor, frames_u8[s], query_u8, masks, eng.autocast),
+                "volume": stock_run(ref, frames_u8, s, masks, eng.autocast),
+                "pair": stock_pairs(ref, frames_u8[s], query_u8, masks, eng.autocast),
             }
             ours = {
                 "volume": eng.run_volume(query, support, masks, insert_at=s, keep_logits=True),
@@ -129,7 +67,7 @@ def run(args) -> dict:
                 medseg_out[(precision, bs, mode)] = mine
                 rows.append({"comparison": "medseg vs stock sam2", "precision": precision,
                              "batch_size": bs, "mode": mode, **compare(mine, stock[mode])})
-            del eng
+            del eng, ref
     if "fp32" in precisions and "bf16" in precisions:
         bs = int(args.batch_sizes.split(",")[0])
         for mode in ("pair", "volume"):
@@ -144,7 +82,7 @@ def run(args) -> dict:
 
 
 def main() -> None:
-    os.environ.setdefault("TQDM_DISABLE", "1")  # stock sam2's progress bars
+    os.environ.setdefault("TQDM_DISABLE", "1")  # stock sam2's progress bars (read at import)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--image-size", type=int, default=None)

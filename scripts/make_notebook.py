@@ -72,7 +72,7 @@ ax.axis("off");"""),
     ("code", """seg = medseg.Segmenter("tiny", ckpt, device="auto")
 res = seg.segment(paths["support"], paths["support_label"], paths["query"], labels=[5, 1],
                   names=["liver", "spleen"], mode="pair", matcher="sam2", bank_size=8, seed=0)
-print({k: round(v, 2) for k, v in res.report["timings_s"].items()})
+print({k: round(v, 2) for k, v in res.report.timings_s.items()})
 if RANDOM:
     print("RANDOM WEIGHTS: masks are meaningless")"""),
     ("md", "## The augmentation bank (liver group)"),
@@ -82,7 +82,7 @@ fig, axes = plt.subplots(1, n, figsize=(2 * n, 2.3))
 qasp = res.query_frames.spacing[1] / res.query_frames.spacing[2]
 for i, ax in enumerate(axes):
     ax.imshow(bank.images[i], cmap="gray", aspect=qasp)
-    ax.contour(bank.masks[i] == 5, levels=[0.5], colors="orange", linewidths=0.8)
+    ax.contour(bank.masks[i, 0], levels=[0.5], colors="orange", linewidths=0.8)
     ax.set_title("original" if i == 0 else f"#{i}", fontsize=8)
     ax.axis("off")"""),
     ("md", "## Which bank member each query slice was matched with"),

@@ -37,7 +37,7 @@ def test_pipeline_geometry_and_report(segmenter, scans, tmp_path, mode, matcher)
     assert res.labels.array.dtype == np.uint8
     assert set(np.unique(res.labels.array)) <= {0, 1, 2}
     assert res.labels.array.any()  # biased random model: objects everywhere
-    rep = res.report
+    rep = res.report.to_dict()
     for key in ("versions", "machine", "engine", "config", "inputs", "segments",
                 "support_groups", "per_frame", "timings_s"):
         assert key in rep, key
@@ -45,10 +45,11 @@ def test_pipeline_geometry_and_report(segmenter, scans, tmp_path, mode, matcher)
     assert rep["config"]["mode"] == mode and rep["config"]["matcher"] == matcher
     assert [s["name"] for s in rep["segments"]] == ["spleen", "liver"]
     assert [s["support_value"] for s in rep["segments"]] == [2, 1]
+    assert [s["output_value"] for s in rep["segments"]] == [1, 2]
     assert len(rep["per_frame"]) == len(res.query_frames)
     row = rep["per_frame"][0]
     assert {"matched_member", "object_score", "area_px", "query_slice"} <= set(row)
-    for stage in ("load", "frames", "bank", "match", "sam2", "postprocess"):
+    for stage in ("load", "frames", "support", "match", "propagate", "postprocess"):
         assert stage in rep["timings_s"]
     paths = res.save(tmp_path, qc=tmp_path / "qc.png")
     nii = read_image(paths["nifti"])
@@ -70,8 +71,8 @@ def test_deterministic(segmenter, scans):
     b = segmenter.segment(scans["support"], scans["support_label"], scans["query"], **kw)
     np.testing.assert_array_equal(a.labels.array, b.labels.array)
     np.testing.assert_array_equal(a.object_scores, b.object_scores)
-    assert [r["matched_member"] for r in a.report["per_frame"]] == \
-        [r["matched_member"] for r in b.report["per_frame"]]
+    assert [r.matched_member for r in a.report.per_frame] == \
+        [r.matched_member for r in b.report.per_frame]
 
 
 def test_in_memory_volumes_transfer_and_kshot(segmenter, scans):
@@ -98,7 +99,7 @@ def test_postprocess_options(segmenter, scans):
 
 def test_user_errors(segmenter, scans, tmp_path):
     s, lb, q = scans["support"], scans["support_label"], scans["query"]
-    with pytest.raises(InputError, match=r"value\(s\) \[7\] not present; values present: \[1, 2\]"):
+    with pytest.raises(InputError, match=r"value 7 not present; values present: 1, 2"):
         segmenter.segment(s, lb, q, labels=[7])
     with pytest.raises(UsageError):
         segmenter.segment(s, lb, q, mode="sideways")
@@ -118,7 +119,7 @@ def test_user_errors(segmenter, scans, tmp_path):
     write_image(lab.with_array(lab.array.astype(np.float32) * 0.5), floaty)
     with pytest.raises(InputError, match="non-integer"):
         segmenter.segment(s, floaty, q)
-    with pytest.raises(InputError, match="holds no voxel of label 2"):
+    with pytest.raises(InputError, match="holds no voxel of label_2"):
         segmenter.segment(s, lb, q, labels=[2], support_slice=0)
     with pytest.raises(InputError, match="outside the support volume"):
         segmenter.segment(s, lb, q, support_slice=500)

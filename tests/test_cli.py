@@ -62,8 +62,8 @@ def test_evaluate(tmp_path, label_files, capsys):
     assert code == 0, err
     assert "MONAI" in out and "Dice" in out
     rows = csv.read_text().splitlines()
-    assert rows[0].startswith("label,dice") and rows[1].startswith("1,1,")
-    assert rows[2].startswith("2,0,0,inf,inf,0,")
+    assert rows[0].startswith("name,label,dice") and rows[1].startswith("label 1,1,1,")
+    assert rows[2].startswith("label 2,2,0,0,inf,inf,0,")
     data = json.loads(js.read_text())
     assert data["labels"][0]["dice"] == 1.0 and data["labels"][1]["hd95_mm"] is None
     assert png.stat().st_size > 5000

@@ -22,19 +22,26 @@ def frames(n=7, h=48, w=56, seed=0):
 
 
 def test_state_has_stock_keys(engine, tmp_path):
-    """Our in-memory state matches what sam2's own init_state builds from JPEGs."""
+    """The predictor's state has the keys of sam2's own init_state (plus medseg's source)."""
     from PIL import Image
+
+    from medseg.engine.predictor import FEATURES, STATE_KEYS, _init_state_keys
 
     for i in range(2):
         Image.fromarray((frames(1)[0] * 255).astype(np.uint8)).convert("RGB").save(
             tmp_path / f"{i:05d}.jpg")
     stock = engine.predictor.init_state(str(tmp_path))
-    ours = engine.new_state(list(frames(2)), 48, 56)
-    assert set(stock) == set(ours)
-    assert stock["images"][0].shape == ours["images"][0].shape
+    ours = engine.predictor.new_state(2, 48, 56, lambda i: None)
+    assert set(stock) == set(ours) - {FEATURES} == STATE_KEYS == _init_state_keys()
 
 
-def test_checkpoint_loaded_through_sam2_builder(engine, random_checkpoint):
+def test_built_through_sam2_builder_as_subclass(engine, random_checkpoint):
+    from sam2.sam2_video_predictor import SAM2VideoPredictor
+
+    from medseg.engine.predictor import MedsegVideoPredictor
+
+    assert type(engine.predictor) is MedsegVideoPredictor
+    assert isinstance(engine.predictor, SAM2VideoPredictor)
     sd, meta = load_state_dict(random_checkpoint)
     assert meta["random_weights"] and infer_model_size(sd) == "tiny"
     own = engine.predictor.state_dict()
@@ -42,6 +49,69 @@ def test_checkpoint_loaded_through_sam2_builder(engine, random_checkpoint):
     np.testing.assert_array_equal(own[k].numpy(), sd[k].numpy())
     assert engine.describe()["random_weights"] is True
     assert engine.image_size == 256
+
+
+def test_memory_window_follows_the_config(engine):
+    p = engine.predictor
+    assert (p.num_maskmem, p.max_obj_ptrs_in_encoder, p.memory_temporal_stride_for_eval) == \
+        (7, 16, 1)
+    assert p.memory_window() == 14
+    p.memory_temporal_stride_for_eval = 4
+    try:
+        assert p.memory_window() == 23  # (7 - 2) * 4 + 3 > 14
+    finally:
+        p.memory_temporal_stride_for_eval = 1
+
+
+def test_unsupported_sam2_is_refused(monkeypatch):
+    import importlib.metadata as md
+
+    from medseg.engine import predictor
+
+    real = md.version
+    monkeypatch.setattr(md, "version", lambda n: "2.0.0" if n == "sam2" else real(n))
+    with pytest.raises(ModelError, match=r"sam2 \(2.0.0\) is not supported.*>=1.1.0,<1.2"):
+        predictor.check_compatibility()
+    monkeypatch.setattr(md, "version", real)
+    monkeypatch.setattr(predictor, "_init_state_keys", lambda: predictor.STATE_KEYS | {"new"})
+    with pytest.raises(ModelError, match="init_state keys changed: new"):
+        predictor.check_compatibility()
+
+
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_equal_to_stock_sam2(random_checkpoint, batch_size):
+    """medseg's engine against stock sam2's public API on the same frames: bit-identical at
+    batch size 1; batched kernels within 1e-5 (logits) and no mask pixel flipped."""
+    from medseg.engine import Sam2Engine
+    from medseg.engine.reference import (
+        compare,
+        sample_frames,
+        stock_pairs,
+        stock_predictor,
+        stock_run,
+    )
+
+    e = Sam2Engine("tiny", str(random_checkpoint), "cpu", batch_size=batch_size)
+    ref = stock_predictor(e)
+    u8, masks = sample_frames(6, 256, seed=2)
+    s = 2
+    q_u8 = np.delete(u8, s, axis=0)
+    q, sup = (q_u8 / 255.0).astype(np.float32), (u8[s] / 255.0).astype(np.float32)
+    vol = e.run_volume(q, sup, masks, insert_at=s, keep_logits=True)
+    pair = e.run_pairs(q, sup[None], masks[None], np.zeros(len(q), int), keep_logits=True)
+    for ours, stock in (((vol.logits, vol.object_scores),
+                         stock_run(ref, u8, s, masks, e.autocast)),
+                        ((pair.logits, pair.object_scores),
+                         stock_pairs(ref, u8[s], q_u8, masks, e.autocast))):
+        c = compare(ours, stock)
+        if batch_size == 1:
+            assert c["bitwise_equal"], c
+        assert c["max_abs_logit_diff"] <= 1e-5 and c["pixels_differing"] == 0, c
+    # a one-level change of one pixel moves the logits: the comparison is sensitive
+    q2 = q.copy()
+    q2[0, 100, 100] += 1 / 255
+    moved = e.run_pairs(q2, sup[None], masks[None], np.zeros(len(q), int), keep_logits=True)
+    assert not np.array_equal(moved.logits[0], pair.logits[0])
 
 
 def test_pairs_and_volume_shapes(engine):
@@ -56,6 +126,7 @@ def test_pairs_and_volume_shapes(engine):
     assert out.distances.shape == (7, 3) and out.matches.shape == (7,)
     np.testing.assert_array_equal(out.matches, out.distances.argmin(1))
     assert np.isfinite(out.object_scores).all()
+    assert {"encode", "match", "track"} <= set(out.timings)
     vol = engine.run_volume(q, bank[0], masks[0], insert_at=3)
     assert vol.labels.shape == q.shape and np.isfinite(vol.object_scores).all()
     # an object absent from the support yields nothing and no score
@@ -64,60 +135,61 @@ def test_pairs_and_volume_shapes(engine):
     assert not (out.labels == 2).any() and np.isnan(out.object_scores[:, 1]).all()
 
 
-def test_reused_prompts_give_the_same_masks(engine):
-    """Encoding each member's mask prompt once and reusing it changes nothing."""
-    q = frames(n=6, seed=7)
-    bank = frames(2, seed=8)
-    masks = np.zeros((2, 2, 48, 56), bool)
+def test_inline_matching_with_prior(engine):
+    """A prior added to the SAM2-feature distances steers the matches."""
+    q, bank = frames(n=5, seed=7), frames(3, seed=8)
+    masks = np.zeros((3, 1, 48, 56), bool)
     masks[:, 0, 5:25, 5:25] = True
-    masks[:, 1, 30:44, 20:50] = True
-    m = np.array([0, 1, 0, 0, 1, 1])
-    fresh = engine.run_pairs(q, bank, masks, m, reuse_prompts=False)
-    reused = engine.run_pairs(q, bank, masks, m, reuse_prompts=True)
-    np.testing.assert_array_equal(fresh.labels, reused.labels)
-    np.testing.assert_array_equal(fresh.object_scores, reused.object_scores)
+    free = engine.run_pairs(q, bank, masks)
+    prior = np.full((5, 3), 1e3, np.float32)
+    prior[:, 2] = 0
+    steered = engine.run_pairs(q, bank, masks, prior=prior)
+    assert (steered.matches == 2).all()
+    np.testing.assert_allclose(steered.distances - prior, free.distances, atol=2e-4)  # fp32 at 1e3
 
 
 def test_identity_member_matches_itself(engine):
     bank = frames(4, seed=3)
-    d, kept = engine.descriptors(bank)
-    assert kept == {}
-    import torch
-
-    dist = torch.cdist(d, d).pow(2).numpy()
-    np.testing.assert_array_equal(dist.argmin(1), np.arange(4))
+    d = engine.distances(engine.descriptors(engine.encode(bank)),
+                         engine.descriptors(engine.encode(bank)))
+    np.testing.assert_array_equal(d.argmin(1), np.arange(4))
 
 
-def test_features_from_matching_are_reused(engine):
+def test_feature_store_budget_and_reuse(engine):
     """Volume mode with encoder features kept from matching gives the same result."""
+    from medseg.engine.core import entry_mb
+
     q = frames(n=9, h=40, w=40, seed=6)
     m = np.zeros((1, 40, 40), bool)
     m[0, 8:20, 8:20] = True
-    _, kept = engine.descriptors(q, keep_mb=1e6)
-    assert sorted(kept) == list(range(9))
-    _, few = engine.descriptors(q, keep_mb=1.5 * engine.entry_bytes(kept[0]) / 2**20)
-    assert sorted(few) == [0]
+    store = engine.store(q, budget_mb=1e6)
+    list(store.batches())
+    assert store.kept == list(range(9))
+    one = entry_mb(engine.encode(q[:1])[0])
+    few = engine.store(q, budget_mb=1.5 * one)
+    list(few.batches())
+    assert few.kept == [0]
     fresh = engine.run_volume(q, q[4], m, insert_at=4)
-    reused = engine.run_volume(q, q[4], m, insert_at=4, features=kept)
+    reused = engine.run_volume(q, q[4], m, insert_at=4, store=store)
     np.testing.assert_array_equal(fresh.labels, reused.labels)
-    np.testing.assert_allclose(fresh.object_scores, reused.object_scores, atol=1e-5)
-    assert reused.timings["encode_s"] < fresh.timings["encode_s"]
+    np.testing.assert_array_equal(fresh.object_scores, reused.object_scores)
+    assert store.encode_seconds > 0 and reused.timings.get("encode", 0) < fresh.timings["encode"]
 
 
 def test_pruning_keeps_results_exact(engine):
-    """Dropping outputs beyond SAM2's memory window changes nothing."""
-    q = frames(n=engine.window * 2 + 6, h=32, w=32, seed=4)
+    """Dropping outputs beyond SAM2's memory window changes nothing (both directions)."""
+    w = engine.predictor.memory_window()
+    q = frames(n=2 * w + 8, h=32, w=32, seed=4)
     m = np.zeros((1, 32, 32), bool)
     m[0, 8:20, 8:20] = True
-    pruned = engine.run_volume(q, q[10], m, insert_at=10)
-    w = engine.window
-    engine.window = 10**6
+    pruned = engine.run_volume(q, q[w + 3], m, insert_at=w + 3, keep_logits=True)
+    engine.prune = False
     try:
-        full = engine.run_volume(q, q[10], m, insert_at=10)
+        full = engine.run_volume(q, q[w + 3], m, insert_at=w + 3, keep_logits=True)
     finally:
-        engine.window = w
-    np.testing.assert_array_equal(pruned.labels, full.labels)
-    np.testing.assert_allclose(pruned.object_scores, full.object_scores, rtol=0, atol=0)
+        engine.prune = True
+    np.testing.assert_array_equal(pruned.logits, full.logits)
+    np.testing.assert_array_equal(pruned.object_scores, full.object_scores)
 
 
 def test_checkpoint_errors(tmp_path, random_checkpoint):
@@ -188,19 +260,20 @@ def test_device_errors(monkeypatch):
 
 
 @pytest.mark.gpu
-def test_cuda_bf16(random_checkpoint):
-    import torch
-
-    if not torch.cuda.is_available():
-        pytest.skip("needs a CUDA GPU")
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_cuda_equal_to_stock(random_checkpoint, precision):
+    """On a GPU, in fp32 and bf16: bit-identical to stock sam2 at batch size 1."""
     from medseg.engine import Sam2Engine
+    from medseg.engine.reference import compare, sample_frames, stock_pairs, stock_predictor
 
-    e = Sam2Engine("tiny", str(random_checkpoint), "cuda")
-    q = frames()
-    m = np.zeros((1, 48, 56), bool)
-    m[0, 5:20, 5:20] = True
-    out = e.run_volume(q, q[0], m, insert_at=0)
-    assert out.labels.shape == q.shape
+    e = Sam2Engine("tiny", str(random_checkpoint), "cuda", batch_size=1, precision=precision)
+    u8, masks = sample_frames(4, 256, seed=1)
+    q = (u8[1:] / 255.0).astype(np.float32)
+    pair = e.run_pairs(q, q[:1] * 0 + u8[0] / 255.0, masks[None], np.zeros(3, int),
+                       keep_logits=True)
+    c = compare((pair.logits, pair.object_scores),
+                stock_pairs(stock_predictor(e), u8[0], u8[1:], masks, e.autocast))
+    assert c["bitwise_equal"], c
 
 
 def test_truncated_download_is_rejected(tmp_path, monkeypatch, random_checkpoint):
@@ -248,8 +321,8 @@ def test_overlap_rule():
     """Highest positive logit wins; nothing where every logit is <= 0."""
     import torch
 
-    from medseg.engine import Sam2Engine
+    from medseg.engine import merge
 
     logits = torch.tensor([[[[2.0, -1.0, 0.5, -3.0]]], [[[1.0, 3.0, 0.7, -2.0]]]])
-    lab = Sam2Engine.merge(logits, [1, 2])
+    lab = merge(logits, [1, 2])
     np.testing.assert_array_equal(lab, [[1, 2, 2, 0]])

@@ -108,7 +108,7 @@ def test_dicom_series_and_choice(tmp_path, oblique_pair):
         read_image(folder, series="9.9")
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(InputError, match="no DICOM series"):
+    with pytest.raises(InputError, match="no DICOM image series"):
         read_image(empty)
 
 

@@ -1,7 +1,7 @@
 import cv2
 import numpy as np
 import pytest
-from test_augment import shapes
+from test_augment import channels, shapes
 
 from medseg.augment import BankConfig, build_bank
 from medseg.match import best_members, ncc_distance, ssim_distance, transfer_masks
@@ -17,7 +17,7 @@ def textured(seed=0, h=96, w=112):
 @pytest.mark.parametrize("dist", [ssim_distance, ncc_distance])
 def test_identity_matches_itself(dist):
     img, mask = textured()
-    bank = build_bank(img, mask, BankConfig(size=10, seed=2))
+    bank = build_bank(img, channels(mask), BankConfig(size=10, seed=2))
     d = dist(bank.images, bank.images)
     assert d.shape == (11, 11)
     np.testing.assert_array_equal(best_members(d), np.arange(11))
@@ -28,7 +28,7 @@ def test_identity_matches_itself(dist):
 def test_rotated_query_matches_rotated_member(dist):
     img, mask = textured()
     cfg = BankConfig(size=12, seed=5, p_affine=1.0, p_intensity=0.0, rotate_deg=30)
-    bank = build_bank(img, mask, cfg)
+    bank = build_bank(img, channels(mask), cfg)
     angles = [next(t for t in p["applied"] if t["transform"] == "Affine")["rotate"]
               for p in bank.params[1:]]
     target = int(np.argmax(np.abs(angles))) + 1

@@ -46,7 +46,7 @@ def test_ctrl_c_while_writing_leaves_nothing(tmp_path, small_case, random_checkp
     def interrupted(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(export, "write_seg_nrrd", interrupted)
+    monkeypatch.setattr(export, "seg_nrrd", interrupted)
     out = tmp_path / "out"
     code = main(["segment", "-s", str(small_case["s"]), "-l", str(small_case["l"]), "-i",
                  str(small_case["q"]), "-o", str(out), "--checkpoint", str(random_checkpoint),

@@ -1,0 +1,438 @@
+"""The SAM2 engine: a loaded model, its batched image encoder, and the two prompting modes.
+
+* ``pair`` (Zu et al. 2025): for every query frame a 2-frame clip [matched support member,
+  query frame], the member's mask as prompt on frame 0. Clips are independent, so frame 1
+  of many clips runs as one batched call; each member's prompt is encoded once.
+* ``volume``: the support is inserted into the query stack and masks propagate forward
+  and backward with SAM2's memory.
+
+Overlap rule when several labels are segmented together: a pixel goes to the label with
+the highest mask logit among those whose logit is positive.
+
+Exactness: with ``batch_size=1`` the outputs are bit-identical to stock sam2's
+``init_state`` / ``add_new_mask`` / ``propagate_in_video`` on the same frames (tested
+against sam2's public API). Larger batches change the arithmetic of batched kernels by
+about one unit in the last place (measured tolerances: README, 'Exactness').
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..checkpoints import model_spec, resolve_checkpoint, sha256, validate_checkpoint
+from ..errors import DeviceError, ModelError
+from ..frames import to_model_input
+
+MATCH_POOL = 16  # LPIPS-style distance on features average-pooled to 16 x 16
+Progress = Callable[[int], None]
+
+
+def select_device(spec: str = "auto"):
+    """``auto|cpu|cuda|cuda:N|mps`` -> torch.device, with a clear error if unavailable."""
+    import torch
+
+    spec = (spec or "auto").lower()
+    spec = "cuda" if spec == "gpu" else spec
+    has_mps = bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "mps" if has_mps else "cpu")
+    if spec.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise DeviceError(f"device {spec}: no CUDA GPU is available to this torch "
+                              f"({torch.__version__}); use cpu (slow) or install a CUDA build "
+                              "of torch", option="device")
+        dev = torch.device(spec)
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise DeviceError(f"device {spec}: only {torch.cuda.device_count()} CUDA device(s) "
+                              "present", option="device")
+        return dev
+    if spec == "mps":
+        if not has_mps:
+            raise DeviceError("device mps: Apple MPS is not available here; use cpu",
+                              option="device")
+        return torch.device("mps")
+    if spec == "cpu":
+        return torch.device("cpu")
+    raise DeviceError(f"device {spec!r}: use auto, cpu, cuda, cuda:N or mps", option="device")
+
+
+@dataclass
+class EngineOutput:
+    """Per-frame results of one run (query frames only)."""
+
+    labels: np.ndarray  # (n, H, W) uint8: 0 or 1..K (object index + 1)
+    object_scores: np.ndarray  # (n, K) SAM2 object-score logits (NaN where not run)
+    matches: np.ndarray  # (n,) bank member used per query frame (-1: none)
+    distances: np.ndarray | None = None  # (n, M) matcher distances, if computed here
+    timings: dict[str, float] = field(default_factory=dict)
+    logits: np.ndarray | None = None  # (n, K, H, W) float32 mask logits, if asked for
+
+
+class _Timer(dict):
+    """Seconds per named step: ``with t("encode"): ...``."""
+
+    @contextlib.contextmanager
+    def __call__(self, key: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self[key] = self.get(key, 0.0) + time.perf_counter() - t0
+
+
+def merge(logits, obj_to_label: Sequence[int]) -> np.ndarray:
+    """(K, 1, H, W) logits -> (H, W) uint8 labelmap by the highest positive logit."""
+    import torch
+
+    best, idx = torch.max(logits[:, 0].float(), dim=0)
+    lut = torch.tensor(list(obj_to_label), dtype=torch.uint8, device=idx.device)
+    return torch.where(best > 0, lut[idx], torch.zeros_like(idx, dtype=torch.uint8)).cpu().numpy()
+
+
+class _Collector:
+    """Fills labels, object scores and (optionally) logits frame by frame."""
+
+    def __init__(self, n: int, k: int, h: int, w: int, keep_logits: bool):
+        self.labels = np.zeros((n, h, w), np.uint8)
+        self.scores = np.full((n, k), np.nan, np.float32)
+        self.logits = np.full((n, k, h, w), np.nan, np.float32) if keep_logits else None
+
+    def add(self, frame: int, objs: Sequence[int], logits, scores) -> None:
+        self.labels[frame] = merge(logits, [o + 1 for o in objs])
+        self.scores[frame, list(objs)] = scores.float().cpu().numpy()
+        if self.logits is not None:
+            self.logits[frame, list(objs)] = logits[:, 0].float().cpu().numpy()
+
+    def output(self, matches, distances, timings) -> EngineOutput:
+        return EngineOutput(self.labels, self.scores, np.asarray(matches), distances,
+                            {k: round(v, 4) for k, v in timings.items()}, self.logits)
+
+
+class FeatureStore:
+    """Image-encoder features of a stack of frames, computed in batches.
+
+    Matching and propagation share one store: features computed while matching are kept,
+    up to ``budget_mb``, and handed to propagation instead of being computed again. Frames
+    not kept are encoded when first asked for, together with the next frames of the same
+    pass (``ahead``), so the encoder always runs in batches.
+    """
+
+    def __init__(self, engine: Sam2Engine, frames: np.ndarray, budget_mb: float = 0.0):
+        self.engine = engine
+        self.frames = frames
+        self.budget_mb = float(budget_mb)
+        self.used_mb = 0.0
+        self.encode_seconds = 0.0
+        self._kept: dict[int, dict] = {}
+        self._ahead: dict[int, dict] = {}
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    @property
+    def kept(self) -> list[int]:
+        return sorted(self._kept)
+
+    def _encode(self, idx: Sequence[int]) -> list[dict]:
+        t0 = time.perf_counter()
+        out = self.engine.encode(self.frames[list(idx)])
+        self.encode_seconds += time.perf_counter() - t0
+        return out
+
+    def batches(self) -> Iterator[tuple[list[int], list[dict]]]:
+        """Every frame once, in encoder batches; new features kept while the budget allows."""
+        bs = self.engine.batch_size
+        for start in range(0, len(self.frames), bs):
+            idx = list(range(start, min(len(self.frames), start + bs)))
+            todo = [i for i in idx if i not in self._kept]
+            new = dict(zip(todo, self._encode(todo))) if todo else {}
+            for i, e in new.items():
+                size = entry_mb(e)
+                if self.used_mb + size <= self.budget_mb:
+                    self._kept[i] = _detach(e)
+                    self.used_mb += size
+            yield idx, [self._kept.get(i) or new[i] for i in idx]
+
+    def get(self, i: int, ahead: Sequence[int] = ()) -> dict:
+        """Features of frame ``i`` (kept, prefetched, or encoded now with ``ahead``)."""
+        if i in self._kept:
+            return self._kept[i]
+        if i not in self._ahead:
+            todo = [i] + [j for j in ahead if j != i and j not in self._kept
+                          and j not in self._ahead][: self.engine.batch_size - 1]
+            self._ahead.update(zip(todo, self._encode(todo)))
+        return self._ahead.pop(i)
+
+
+def entry_mb(entry: dict) -> float:
+    """Memory of one frame's features (the shared positional encodings excluded)."""
+    return sum(f.numel() * f.element_size() for f in entry["backbone_fpn"]) / 2**20
+
+
+def _detach(entry: dict) -> dict:
+    """A copy that does not keep the whole encoder batch alive."""
+    return {"backbone_fpn": [f.clone() for f in entry["backbone_fpn"]],
+            "vision_pos_enc": entry["vision_pos_enc"]}
+
+
+class Sam2Engine:
+    """A loaded SAM2.1 video predictor (medseg's subclass) plus batching and prompting."""
+
+    def __init__(self, model: str = "tiny", checkpoint: str | None = None, device: str = "auto",
+                 image_size: int | None = None, batch_size: int = 8, precision: str = "auto",
+                 allow_download: bool = True, progress: bool = True):
+        import torch
+
+        if precision not in ("auto", "bf16", "fp32"):
+            raise ModelError(f"precision {precision!r}: use auto, bf16 or fp32", option="precision")
+        self.model_name = model
+        spec = model_spec(model)
+        self.device = select_device(device)
+        path, source = resolve_checkpoint(model, checkpoint, allow_download=allow_download,
+                                          progress=progress)
+        self.checkpoint_meta = validate_checkpoint(path, model,
+                                                   from_cache=source in ("cache", "download"))
+        self.checkpoint_path, self.checkpoint_source = path, source
+        self.image_size = int(image_size or self.checkpoint_meta.get("image_size", 1024))
+        self.batch_size = max(1, int(batch_size))
+        self.prune = True  # drop outputs beyond SAM2's memory reach (exact; tested)
+        t0 = time.perf_counter()
+        self.predictor = build_predictor(spec.config, path, self.device, self.image_size)
+        self.load_seconds = time.perf_counter() - t0
+        self._sha256: str | None = None
+        use_bf16 = self.device.type == "cuda" and (
+            precision == "bf16" or (precision == "auto" and torch.cuda.is_bf16_supported()))
+        self.precision = "bf16" if use_bf16 else "fp32"
+
+    # -- bookkeeping ---------------------------------------------------------------------
+    @property
+    def checkpoint_sha256(self) -> str:
+        if self._sha256 is None:
+            self._sha256 = sha256(self.checkpoint_path)
+        return self._sha256
+
+    def describe(self) -> dict:
+        return {
+            "model": self.model_name, "checkpoint": str(self.checkpoint_path),
+            "checkpoint_source": self.checkpoint_source,
+            "checkpoint_sha256": self.checkpoint_sha256,
+            "random_weights": bool(self.checkpoint_meta.get("random_weights", False)),
+            "image_size": self.image_size, "device": str(self.device),
+            "precision": self.precision, "batch_size": self.batch_size,
+        }
+
+    def autocast(self):
+        import torch
+
+        if self.precision == "bf16":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    @contextlib.contextmanager
+    def context(self) -> Iterator[None]:
+        """Inference mode and the engine's precision (sam2's note that its optional CUDA
+        extension for hole filling is missing is silenced: harmless, see README)."""
+        import torch
+
+        with torch.inference_mode(), self.autocast(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*cannot import name '_C'.*")
+            yield
+
+    # -- image encoder ---------------------------------------------------------------------
+    def encode(self, frames: np.ndarray) -> list[dict]:
+        """(B, H, W) [0, 1] frames -> per frame the encoder output (batch dimension 1)."""
+        with self.context():
+            images = to_model_input(frames, self.image_size, device=self.device)
+            out = self.predictor.forward_image(images)
+        pos = [p[:1].clone() for p in out["vision_pos_enc"]]  # the same for every frame
+        return [{"backbone_fpn": [f[i : i + 1] for f in out["backbone_fpn"]], "vision_pos_enc": pos}
+                for i in range(len(frames))]
+
+    def encode_many(self, frames: np.ndarray) -> list[dict]:
+        """Like :meth:`encode`, in batches of ``batch_size``."""
+        return [e for i in range(0, len(frames), self.batch_size)
+                for e in self.encode(frames[i : i + self.batch_size])]
+
+    def store(self, frames: np.ndarray, budget_mb: float = 0.0) -> FeatureStore:
+        return FeatureStore(self, frames, budget_mb)
+
+    @staticmethod
+    def descriptors(entries: Sequence[dict]):
+        """LPIPS-style descriptors: unit-normalised channels per level, pooled, flattened.
+
+        The squared Euclidean distance between two descriptors equals the mean over levels
+        and (pooled) positions of the squared difference of unit-normalised features.
+        """
+        import torch
+        import torch.nn.functional as F
+
+        levels = len(entries[0]["backbone_fpn"])
+        parts = []
+        for lv in range(levels):
+            f = torch.cat([e["backbone_fpn"][lv] for e in entries]).float()
+            f = F.adaptive_avg_pool2d(F.normalize(f, dim=1), MATCH_POOL)
+            parts.append(f.flatten(1) / np.sqrt(levels * MATCH_POOL * MATCH_POOL))
+        return torch.cat(parts, dim=1)
+
+    @staticmethod
+    def distances(query_desc, bank_desc) -> np.ndarray:
+        import torch
+
+        return torch.cdist(query_desc, bank_desc).pow(2).cpu().numpy()
+
+    # -- pair mode ---------------------------------------------------------------------------
+    def run_pairs(self, query: np.ndarray, bank_images: np.ndarray, bank_masks: np.ndarray,
+                  matches: np.ndarray | None = None, *, prior: np.ndarray | None = None,
+                  store: FeatureStore | None = None, progress: Progress | None = None,
+                  keep_logits: bool = False) -> EngineOutput:
+        """Mode ``pair``: per query frame a clip [matched member, frame], mask prompt on 0.
+
+        ``bank_masks`` is (M, K, H, W) bool; object k gets label k + 1. Without ``matches``
+        every frame is matched here, on the encoder features the tracking needs anyway
+        (LPIPS-style distance, plus ``prior`` (n, M) if given).
+        """
+        n, h, w = query.shape
+        store = store or self.store(query)
+        col, t = _Collector(n, bank_masks.shape[1], h, w, keep_logits), _Timer()
+        to_match = matches is None
+        members = range(len(bank_images)) if to_match else sorted(set(int(m) for m in matches))
+        with t("encode"):
+            feats = dict(zip(members, self.encode_many(bank_images[list(members)])))
+        dist = np.zeros((n, len(bank_images)), np.float32) if to_match else None
+        matches = np.zeros(n, np.int64) if to_match else np.asarray(matches, np.int64)
+        bank_desc = self.descriptors(list(feats.values())) if to_match else None
+        conds: dict[int, dict[int, dict]] = {}
+        e0 = store.encode_seconds
+        for idx, entries in store.batches():
+            if to_match:
+                with t("match"):
+                    d = self.distances(self.descriptors(entries), bank_desc)
+                    dist[idx] = d if prior is None else d + prior[idx]
+                    matches[idx] = dist[idx].argmin(axis=1)
+            with t("track"):
+                self._track_batch(idx, entries, matches, feats, bank_masks, conds, col)
+            if progress:
+                progress(len(idx))
+        t["encode"] += store.encode_seconds - e0  # store.batches() encodes between the steps
+        return col.output(matches, dist, t)
+
+    def _track_batch(self, idx, entries, matches, feats, bank_masks, conds, col) -> None:
+        """Frame 1 of the clips of these query frames, ``batch_size`` rows per call."""
+        import torch
+
+        h, w = col.labels.shape[1:]
+        rows = []  # (frame, member, object, query features)
+        for i, e in zip(idx, entries):
+            m = int(matches[i])
+            objs = [o for o in range(bank_masks.shape[1]) if bank_masks[m, o].any()]
+            if objs and m not in conds:
+                with self.context():
+                    outs = self.predictor.condition(
+                        feats[m], [torch.from_numpy(bank_masks[m, o]) for o in objs], h, w)
+                conds[m] = dict(zip(objs, outs))
+            rows += [(i, m, o, e) for o in objs]
+        logits, scores = [], []
+        with self.context():
+            for s in range(0, len(rows), self.batch_size):
+                chunk = rows[s : s + self.batch_size]
+                lg, sc = self.predictor.track_pairs([r[3] for r in chunk],
+                                                    [conds[r[1]][r[2]] for r in chunk], h, w)
+                logits.append(lg)
+                scores.append(sc)
+        if not rows:
+            return
+        logits, scores = torch.cat(logits), torch.cat(scores)
+        for i in idx:
+            sel = [j for j, r in enumerate(rows) if r[0] == i]
+            if sel:
+                col.add(i, [rows[j][2] for j in sel], logits[sel], scores[sel])
+
+    # -- volume mode -------------------------------------------------------------------------
+    def run_volume(self, query: np.ndarray, support_image: np.ndarray, support_masks: np.ndarray,
+                   insert_at: int, *, store: FeatureStore | None = None,
+                   offload_state: bool = False, progress: Progress | None = None,
+                   keep_logits: bool = False) -> EngineOutput:
+        """Mode ``volume``: the support is inserted before query frame ``insert_at`` and
+        masks propagate forward and backward through the stack with SAM2's memory.
+
+        ``support_masks`` is (K, H, W) bool; object k gets label k + 1. ``store`` may hold
+        features of query frames already computed (e.g. while matching).
+        """
+        import torch
+
+        n, h, w = query.shape
+        k = support_masks.shape[0]
+        col, t = _Collector(n, k, h, w, keep_logits), _Timer()
+        objs = [o for o in range(k) if support_masks[o].any()]
+        if not objs:
+            return col.output(np.full(n, -1), None, t)
+        store = store or self.store(query)
+        with t("encode"):
+            support = self.encode(support_image[None])[0]
+        s = int(insert_at)
+
+        def source(f: int) -> dict:  # stack index -> features; the support sits at s
+            if f == s:
+                return support
+            qi = f if f < s else f - 1
+            return store.get(qi, range(qi, n) if f > s else range(qi, -1, -1))
+
+        state = self.predictor.new_state(n + 1, h, w, source, offload_state=offload_state)
+        e0 = store.encode_seconds
+        with t("track"), self.context():
+            self.predictor.prompt(state, s, [torch.from_numpy(support_masks[o]) for o in objs])
+            for reverse in (False, True):
+                for f, logits, scores in self.predictor.track(state, s, reverse, self.prune):
+                    if f != s:
+                        col.add(f if f < s else f - 1, objs, logits, scores)
+                        if progress:
+                            progress(1)
+        t["encode"] += store.encode_seconds - e0
+        t["track"] -= store.encode_seconds - e0
+        return col.output(np.full(n, -1), None, t)
+
+
+def build_predictor(config: str, path, device, image_size: int):
+    """medseg's predictor through sam2's own builder (Hydra config, ``weights_only`` load)."""
+    try:
+        from sam2.build_sam import build_sam2_video_predictor
+
+        from .predictor import TARGET, check_compatibility
+    except ImportError as exc:
+        raise ModelError(f"the sam2 package is not installed or broken ({exc}); see README.md, "
+                         "'Quick start'") from exc
+    check_compatibility()
+    overrides = [f"++model._target_={TARGET}"]
+    if image_size != 1024:
+        overrides.append(f"++model.image_size={image_size}")
+
+    def build():
+        return build_sam2_video_predictor(config, str(path), device=str(device),
+                                          hydra_overrides_extra=overrides)
+
+    try:
+        try:
+            predictor = build()
+        except Exception as exc:  # Hydra initialised elsewhere: "Cannot find primary config"
+            if "primary config" not in str(exc):
+                raise
+            from hydra import initialize_config_module
+            from hydra.core.global_hydra import GlobalHydra
+
+            GlobalHydra.instance().clear()
+            initialize_config_module("sam2", version_base="1.2")
+            predictor = build()
+    except RuntimeError as exc:
+        if "out of memory" in str(exc).lower():
+            raise DeviceError(f"out of GPU memory while loading the model on {device}") from exc
+        raise ModelError(f"checkpoint {path} does not fit the SAM2.1 config {config} "
+                         f"({str(exc).splitlines()[0][:200] or 'missing or unexpected keys'})"
+                         ) from exc
+    check_compatibility(predictor)
+    return predictor

@@ -1,0 +1,94 @@
+"""Stock sam2, driven only through its public API: the reference medseg's engine must equal.
+
+Frames go to sam2's own loader as a folder of lossless PNG data under the ``00000.jpg``
+names it expects, at the model's input size (so its loader does not resize them); masks
+enter with ``add_new_mask`` and propagate with ``propagate_in_video`` forward, then
+backward. Used by the tests and ``scripts/check_equivalence.py``.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+
+def stock_predictor(engine):
+    """sam2's own ``SAM2VideoPredictor`` with the engine's config, checkpoint and size."""
+    from sam2.build_sam import build_sam2_video_predictor
+
+    from ..checkpoints import model_spec
+
+    over = [f"++model.image_size={engine.image_size}"] if engine.image_size != 1024 else []
+    return build_sam2_video_predictor(model_spec(engine.model_name).config,
+                                      str(engine.checkpoint_path), device=str(engine.device),
+                                      hydra_overrides_extra=over)
+
+
+def stock_run(predictor, frames_u8: np.ndarray, prompt_frame: int, masks: np.ndarray,
+              autocast: Callable) -> tuple[np.ndarray, np.ndarray]:
+    """Logits (n - 1, K, H, W) and object scores (n - 1, K) of every frame but the prompted one.
+
+    ``predictor`` is sam2's own predictor (:func:`stock_predictor`); ``masks`` is
+    (K, H, W) bool, object ``k`` = id ``k``.
+    """
+    import torch
+    from PIL import Image
+
+    n, h, w = frames_u8.shape
+    k = len(masks)
+    logits = np.full((n, k, h, w), np.nan, np.float32)
+    scores = np.full((n, k), np.nan, np.float32)
+    with tempfile.TemporaryDirectory() as d:
+        for i, f in enumerate(frames_u8):
+            Image.fromarray(f).convert("RGB").save(Path(d) / f"{i:05d}.jpg", format="PNG")
+        with torch.inference_mode(), autocast():
+            state = predictor.init_state(d)
+            for o, m in enumerate(masks):
+                predictor.add_new_mask(state, prompt_frame, o, torch.from_numpy(m))
+            for reverse in (False, True):
+                for f, _, lg in predictor.propagate_in_video(state, start_frame_idx=prompt_frame,
+                                                             reverse=reverse):
+                    logits[f] = lg[:, 0].float().cpu().numpy()
+            for o in range(k):
+                for f, out in state["output_dict_per_obj"][o]["non_cond_frame_outputs"].items():
+                    scores[f, o] = float(out["object_score_logits"].float().reshape(-1)[0])
+    keep = [i for i in range(n) if i != prompt_frame]
+    return logits[keep], scores[keep]
+
+
+def stock_pairs(predictor, support_u8: np.ndarray, queries_u8: np.ndarray, masks: np.ndarray,
+                autocast: Callable) -> tuple[np.ndarray, np.ndarray]:
+    """One stock 2-frame video [support, query] per query frame; results of frame 1."""
+    res = [stock_run(predictor, np.stack([support_u8, q]), 0, masks, autocast) for q in queries_u8]
+    return np.concatenate([r[0] for r in res]), np.concatenate([r[1] for r in res])
+
+
+def compare(ours: tuple[np.ndarray, np.ndarray], stock: tuple[np.ndarray, np.ndarray]) -> dict:
+    """Largest logit / object-score difference and mask pixels (logit > 0) that differ."""
+    (la, sa), (lb, sb) = ours, stock
+    return {
+        "max_abs_logit_diff": float(np.nanmax(np.abs(la - lb))),
+        "max_abs_score_diff": float(np.nanmax(np.abs(sa - sb))),
+        "pixels_differing": int(((la > 0) != (lb > 0)).sum()),
+        "pixels": int(la.size),
+        "bitwise_equal": bool(np.array_equal(la, lb, equal_nan=True)
+                              and np.array_equal(sa, sb, equal_nan=True)),
+    }
+
+
+def sample_frames(n: int, size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 frames with smooth structures and noise, plus two object masks (2, H, W)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.meshgrid(np.linspace(-1, 1, size), np.linspace(-1, 1, size), indexing="ij")
+    small = ((yy + 0.4) / 0.2) ** 2 + ((xx - 0.5) / 0.15) ** 2 < 1
+    frames = []
+    for i in range(n):
+        c = 0.05 * np.sin(i)
+        img = 0.3 + 0.4 * (((yy - c) / 0.5) ** 2 + ((xx + c) / 0.35) ** 2 < 1) + 0.2 * small
+        img = img + rng.normal(0, 0.05, img.shape)
+        frames.append(np.clip(img * 255, 0, 255).astype(np.uint8))
+    masks = np.stack([(yy / 0.5) ** 2 + (xx / 0.35) ** 2 < 1, small])
+    return np.stack(frames), masks

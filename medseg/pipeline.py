@@ -1,0 +1,310 @@
+"""The pipeline: the stages of one segmentation, in order, each timed.
+
+    load -> frames -> support (slice choice, bank) -> match -> propagate -> postprocess
+    -> assemble (labelmap on the query grid + report)
+
+Each stage is a small function with typed inputs and outputs; the model is asked for only
+when a stage needs it (``method=sam2`` or ``matcher=sam2``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from .augment import BankConfig
+from .errors import InputError, UsageError
+from .frames import FrameStack, parse_window, volume_to_frames
+from .io import Volume, check_finite, read_image
+from .labels import LabelPlan, make_plan
+from .match import make_matcher
+from .options import AXES, METHODS, MODALITIES, MODES, check_choice
+from .postprocess import parse_range, postprocess
+from .propagate import Matching, Propagation, Sam2Pairs, Sam2Volume, Transfer
+from .report import FrameRecord, GroupRecord, Report
+from .result import Result
+from .segmentations import SupportLabel, read_support_label
+from .support import SupportGroup, prepare_support
+
+ImageInput = "str | os.PathLike | Volume"
+
+
+@dataclass
+class SegmentConfig:
+    """What to segment and how (everything except the model)."""
+
+    labels: Sequence[int | str] | None = None  # support values or segment names; default all
+    names: Sequence[str] | None = None
+    mode: str = "pair"
+    matcher: str | None = None  # default: sam2 for method sam2, ncc for transfer
+    method: str = "sam2"  # "transfer": matched member's mask, no SAM2 (baseline)
+    axis: str = "axial"
+    window: str | None = None
+    modality: str = "auto"
+    support_slice: int | None = None
+    shots: int = 1
+    bank: BankConfig = field(default_factory=BankConfig)
+    keep_largest: bool = False
+    fill_holes: bool = False
+    z_range: str | None = None
+    resample_label: bool = False
+    support_series: str | None = None
+    query_series: str | None = None
+
+    def check(self) -> SegmentConfig:
+        """Validated copy with the matcher default filled in."""
+        check_choice(self.mode, MODES, "mode")
+        check_choice(self.method, METHODS, "method")
+        check_choice(self.axis, AXES, "axis")
+        check_choice(self.modality, MODALITIES, "modality")
+        matcher = self.matcher or ("sam2" if self.method == "sam2" else "ncc")
+        make_matcher(matcher)  # validates the name only
+        if self.shots < 1:
+            raise UsageError(f"shots must be >= 1, got {self.shots}", option="shots")
+        parse_window(self.window)
+        return replace(self, matcher=matcher)
+
+    @property
+    def needs_model(self) -> bool:
+        return self.method == "sam2" or self.matcher == "sam2"
+
+
+def make_config(config: SegmentConfig | None, options: dict[str, Any]) -> SegmentConfig:
+    """``config`` with keyword overrides (``bank_size``/``seed`` set the bank's)."""
+    cfg = config or SegmentConfig()
+    bank_kw = {k: int(options.pop(o)) for o, k in (("bank_size", "size"), ("seed", "seed"))
+               if o in options}
+    if bank_kw:
+        options["bank"] = replace(cfg.bank, **bank_kw)
+    unknown = set(options) - set(SegmentConfig.__dataclass_fields__)
+    if unknown:
+        raise TypeError(f"unknown option(s): {', '.join(sorted(unknown))}")
+    return replace(cfg, **options).check()
+
+
+class Timer(dict):
+    """Seconds per stage: ``with timer("match"): ...``."""
+
+    @contextlib.contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self[stage] = self.get(stage, 0.0) + time.perf_counter() - t0
+
+
+# --- stages --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Inputs:
+    support: Volume
+    label: SupportLabel
+    query: Volume
+
+
+def load(support: Any, support_label: Any, query: Any, cfg: SegmentConfig) -> Inputs:
+    """Read and check the three inputs (paths or :class:`Volume`)."""
+    s = check_finite(_volume(support, "support", cfg.support_series), "support")
+    q = check_finite(_volume(query, "query", cfg.query_series), "query")
+    lab = read_support_label(support_label, s, resample=cfg.resample_label)
+    return Inputs(s, lab, q)
+
+
+def _volume(x: Any, name: str, series: str | None) -> Volume:
+    if isinstance(x, Volume):
+        return x
+    if isinstance(x, np.ndarray):
+        raise InputError(f"{name}: give a path or a medseg.Volume (with geometry), not a bare array")
+    return read_image(x, series=series, name=name)
+
+
+@dataclass
+class Frames:
+    query: FrameStack
+    support: FrameStack
+
+
+def cut_frames(inputs: Inputs, cfg: SegmentConfig) -> Frames:
+    window = parse_window(cfg.window)
+    return Frames(volume_to_frames(inputs.query, cfg.axis, cfg.modality, window),
+                  volume_to_frames(inputs.support, cfg.axis, cfg.modality, window))
+
+
+def plan_support(inputs: Inputs, frames: Frames, cfg: SegmentConfig
+                 ) -> tuple[LabelPlan, list[SupportGroup]]:
+    plan = make_plan(inputs.label.segments, cfg.labels, cfg.names, f"support label "
+                     f"{inputs.label.path or ''}".strip())
+    groups = prepare_support(frames.support, inputs.support, inputs.label, plan, frames.query,
+                             cfg.bank, cfg.shots, cfg.support_slice)
+    return plan, groups
+
+
+@dataclass
+class Methods:
+    """The matcher and propagator of a run (sharing one feature store on the query)."""
+
+    matcher: Any
+    propagator: Any
+    inline_match: bool  # SAM2-feature matching done inside pair propagation
+
+    @classmethod
+    def build(cls, cfg: SegmentConfig, frames: Frames, engine: Any, budget_mb: float) -> Methods:
+        store = engine.store(frames.query.frames, budget_mb) if engine is not None else None
+        matcher = make_matcher(cfg.matcher, engine, store)
+        if cfg.method == "transfer":
+            return cls(matcher, Transfer(), False)
+        if cfg.mode == "pair":
+            return cls(matcher, Sam2Pairs(engine, store), cfg.matcher == "sam2")
+        return cls(matcher, Sam2Volume(engine, store), False)
+
+    def match(self, query: np.ndarray, group: SupportGroup) -> Matching:
+        if self.inline_match:
+            return Matching()
+        return Matching(self.matcher.distances(query, group.bank.images))
+
+
+@dataclass
+class Combined:
+    """All groups merged: labels in output values (frames layout) and per-frame records."""
+
+    labels: np.ndarray
+    scores: np.ndarray
+    props: list[Propagation]
+
+
+def combine(props: list[Propagation], groups: list[SupportGroup], n_out: int, shape) -> Combined:
+    """Group labels -> output values; where groups overlap, the group listed first wins."""
+    labels = np.zeros(shape, np.uint8 if n_out <= 255 else np.uint16)
+    scores = np.full((shape[0], n_out), np.nan, np.float32)
+    for p, g in zip(props, groups):
+        lut = np.array([0, *g.outputs], labels.dtype)
+        local = lut[p.labels]
+        free = labels == 0
+        labels[free] = local[free]
+        for k, o in enumerate(g.outputs):
+            scores[:, o - 1] = p.object_scores[:, k]
+    return Combined(labels, scores, props)
+
+
+# --- the whole job ----------------------------------------------------------------------------
+
+
+def run(support: Any, support_label: Any, query: Any, cfg: SegmentConfig,
+        engine: Callable[[], Any] | None = None, progress: bool = False,
+        feature_cache_mb: float = 2048.0) -> Result:
+    """Segment ``query``; ``engine()`` returns the loaded SAM2 engine when one is needed."""
+    t = Timer()
+    with t("load"):
+        inputs = load(support, support_label, query, cfg)
+    with t("frames"):
+        frames = cut_frames(inputs, cfg)
+    with t("support"):
+        plan, groups = plan_support(inputs, frames, cfg)
+    eng = engine() if cfg.needs_model and engine is not None else None
+    if cfg.needs_model and eng is None:
+        raise UsageError("this configuration needs a SAM2 model (method or matcher sam2)")
+    methods = Methods.build(cfg, frames, eng, feature_cache_mb if cfg.mode == "volume" else 0.0)
+    q = frames.query.frames
+    bar = _progress(progress, len(q) * len(groups))
+    props = []
+    for g in groups:
+        with t("match"):
+            matching = methods.match(q, g)
+        with t("propagate"):
+            if eng is not None:
+                import torch
+
+                torch.manual_seed(cfg.bank.seed)
+            props.append(methods.propagator.run(q, g, matching, bar.update))
+    bar.close()
+    combined = combine(props, groups, len(plan), q.shape)
+    with t("postprocess"):
+        lab = postprocess(combined.labels, plan.output_values, keep_largest=cfg.keep_largest,
+                          holes=cfg.fill_holes, frame_range=parse_range(cfg.z_range, len(q)))
+    return assemble(inputs, frames, plan, groups, combined, lab, cfg, eng, t)
+
+
+def assemble(inputs: Inputs, frames: Frames, plan: LabelPlan, groups: list[SupportGroup],
+             combined: Combined, labels: np.ndarray, cfg: SegmentConfig, eng: Any,
+             t: Timer) -> Result:
+    """The labelmap on the query's exact grid and the report."""
+    q = inputs.query
+    vol = Volume(frames.query.to_volume_array(labels).astype(plan.dtype), q.spacing, q.origin,
+                 q.direction.copy(), path=q.path, meta=dict(q.meta))
+    matches = {gi: np.asarray(p.members) for gi, p in enumerate(combined.props)}
+    timings = {k: round(v, 4) for k, v in t.items()}
+    if eng is not None:
+        timings["model_load"] = round(eng.load_seconds, 4)
+    report = Report(
+        config=_config_dict(cfg), inputs=_inputs_dict(inputs, frames, cfg),
+        segments=plan.as_list(), support_groups=_group_records(groups, combined.props),
+        per_frame=_frame_records(frames.query, q, labels, plan, combined), timings_s=timings,
+        engine=eng.describe() if eng is not None else None)
+    return Result(vol, plan, report, frames.query, labels, groups, matches, combined.scores,
+                  dict(q.meta))
+
+
+def _config_dict(cfg: SegmentConfig) -> dict:
+    d = asdict(cfg)
+    d["labels"] = list(cfg.labels) if cfg.labels else None
+    return d
+
+
+def _inputs_dict(inputs: Inputs, frames: Frames, cfg: SegmentConfig) -> dict:
+    s, q = inputs.support, inputs.query
+    return {
+        "support": {"path": s.path, **s.geometry(), **_source(s)},
+        "support_label": {**inputs.label.describe()},
+        "query": {"path": q.path, **q.geometry(), **_source(q), "axis": cfg.axis,
+                  "frames": len(frames.query), "intensity": frames.query.intensity},
+    }
+
+
+def _source(v: Volume) -> dict:
+    keys = ("dicom_series", "dicom_files", "nifti_transform_used")
+    return {k: v.meta[k] for k in keys if k in v.meta}
+
+
+def _group_records(groups: list[SupportGroup], props: list[Propagation]) -> list[GroupRecord]:
+    return [GroupRecord(g.slices, [e.support_value for e in g.entries], g.outputs, len(g.bank),
+                        g.bank.params, p.info or {}) for g, p in zip(groups, props)]
+
+
+def _frame_records(stack: FrameStack, q: Volume, labels: np.ndarray, plan: LabelPlan,
+                   c: Combined) -> list[FrameRecord]:
+    _, q_index = stack.source_index(q.shape)
+    areas = np.stack([np.count_nonzero(labels == v, axis=(1, 2)) for v in plan.output_values], 1)
+    rows = []
+    for i in range(len(stack)):
+        members = [int(p.members[i]) for p in c.props]
+        dist = [None if p.distances is None else round(float(p.distances[i, m]), 6)
+                for p, m in zip(c.props, members)]
+        score = [None if np.isnan(s) else round(float(s), 4) for s in c.scores[i]]
+        rows.append(FrameRecord(i, int(q_index[i]), members, dist, score,
+                                [int(a) for a in areas[i]]))
+    return rows
+
+
+class _NoBar:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress(enabled: bool, total: int):
+    if not enabled or not sys.stderr.isatty() or os.environ.get("MEDSEG_NO_PROGRESS"):
+        return _NoBar()
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc="segmenting", unit="frame", file=sys.stderr)
