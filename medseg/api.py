@@ -16,7 +16,14 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from . import pipeline
-from .options import MODELS, PRECISIONS, check_choice
+from .options import (
+    MODELS,
+    PRECISIONS,
+    check_choice,
+    check_device,
+    check_image_size,
+    check_int,
+)
 from .pipeline import SegmentConfig
 from .report import machine, versions
 from .result import Result
@@ -34,9 +41,9 @@ class Segmenter:
         self.model = check_choice(model, MODELS, "model")
         self.precision = check_choice(precision, PRECISIONS, "precision")
         self.checkpoint = checkpoint
-        self.device = device
-        self.image_size = image_size
-        self.batch_size = batch_size
+        self.device = check_device(device)
+        self.image_size = check_image_size(image_size)
+        self.batch_size = check_int(batch_size, "batch_size", 1, 4096)
         self.allow_download = allow_download
         self.progress = progress
         self.feature_cache_mb = feature_cache_mb  # encoder features kept from matching

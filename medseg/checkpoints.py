@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import sys
+import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -88,6 +90,8 @@ def load_state_dict(path: str | os.PathLike) -> tuple[dict, dict]:
     import torch
 
     p = Path(path)
+    if p.stat().st_size == 0:
+        raise ModelError(f"checkpoint {p}: is empty (0 bytes); it is truncated or corrupt")
     try:
         try:
             obj = torch.load(p, map_location="cpu", weights_only=True, mmap=True)
@@ -166,8 +170,29 @@ def download(spec: ModelSpec, target: Path, progress: bool = True, timeout: floa
     except ModelError:
         tmp.unlink(missing_ok=True)
         raise
+    record = {"url": spec.url, "sha256": sha256(tmp), "bytes": got,
+              "downloaded": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    provenance_file(target).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     os.replace(tmp, target)
     return target
+
+
+def provenance_file(checkpoint: Path) -> Path:
+    """Where medseg records the source of a checkpoint it downloaded."""
+    return checkpoint.with_name(checkpoint.name + ".source.json")
+
+
+def provenance(path: Path, digest: str, meta: dict) -> str:
+    """Where a checkpoint's weights come from, as far as medseg can tell."""
+    if meta.get("random_weights"):
+        return "random weights built by medseg from the sam2 config (tests and timing only)"
+    try:
+        rec = json.loads(provenance_file(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        rec = {}
+    if rec.get("sha256") == digest:
+        return f"official SAM2.1 release, downloaded by medseg from {rec['url']} ({rec['downloaded']})"
+    return "supplied by the user; not checked against an official release (no published checksum)"
 
 
 def resolve_checkpoint(

@@ -22,7 +22,14 @@ import typer
 
 from . import options as opt
 from ._version import __version__
-from .errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_TERMINATED, MedsegError, UsageError
+from .errors import (
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    EXIT_RUNTIME,
+    EXIT_TERMINATED,
+    MedsegError,
+    UsageError,
+)
 
 app = typer.Typer(
     name="medseg",
@@ -52,7 +59,9 @@ FLAGS = {"labels": "--labels", "names": "--names", "mode": "--mode", "matcher": 
          "device": "--device", "precision": "--precision", "format": "--format", "qc": "--qc",
          "report": "--report", "support_slice": "--support-slice", "shots": "--shots",
          "resample_label": "--resample-label", "series": "--series",
-         "support_series": "--support-series", "model": "--model", "z_range": "--z-range"}
+         "support_series": "--support-series", "model": "--model", "z_range": "--z-range",
+         "image_size": "--image-size", "batch_size": "--batch-size", "seed": "--seed",
+         "tolerance": "--tolerance", "bank_size": "--bank-size"}
 
 
 class Terminated(KeyboardInterrupt):
@@ -80,6 +89,9 @@ def _handled(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
+            import SimpleITK as sitk
+
+            sitk.ProcessObject.SetGlobalWarningDisplay(STATE["verbose"])  # ITK's warning blocks
             return fn(*args, **kwargs)
         except typer.Exit:
             raise
@@ -93,6 +105,10 @@ def _handled(fn):
                 traceback.print_exc()
             typer.echo(f"medseg: error: {flag_message(exc)}", err=True)
             raise typer.Exit(exc.exit_code) from None
+        except MemoryError:
+            typer.echo("medseg: error: out of memory (host RAM); use a smaller --batch-size, "
+                       "a smaller query, or a machine with more memory", err=True)
+            raise typer.Exit(EXIT_RUNTIME) from None
         except Exception as exc:  # a bug, not a user mistake
             if STATE["verbose"]:
                 traceback.print_exc()
@@ -231,12 +247,19 @@ def _find_label(support: Path, finder) -> Path:
 
 def _segment_one(seg, support, support_label, query: Path, output: Path, fmt, report, qc,
                  overwrite, config) -> None:
-    from . import export
+    from . import export, pipeline
 
+    cfg = pipeline.make_config(None, dict(config))  # every option checked before any work
+    if "dicom-seg" in fmt:
+        from .dicom import check_seg_sources
+
+        check_seg_sources(query)
     inputs = [support, support_label, query]
     paths = export.output_paths(output, export.query_stem(str(query)), fmt, report, qc)
+    for folder in {output, *(p.parent for p in paths.values())}:
+        export.check_output_dir(folder)
     export.check_outputs(list(paths.values()), overwrite=overwrite, inputs=inputs)
-    result = seg.segment(support, support_label, query, **config)
+    result = seg.segment(support, support_label, query, cfg)
     paths = result.save(output, fmt, overwrite=overwrite, report=report, qc=qc)
     if result.report.random_weights:
         _say("WARNING: random-weight SAM2 checkpoint: the masks are meaningless (test model).")
@@ -267,14 +290,20 @@ def evaluate(
     """Dice, IoU, HD95, ASSD and surface Dice (mm) of a prediction against a reference."""
     from . import export
     from .metrics import evaluate_files, format_table
+    from .options import check_positive
 
+    check_positive(tolerance, "tolerance")
     outs = [p for p in (csv, json_out, plot) if p]
+    for p in outs:
+        export.check_output_dir(p.parent)
     export.check_outputs(outs, overwrite=overwrite, inputs=[pred, ref])
     res = evaluate_files(pred, ref, _ints(labels, "--labels"), _ints(ref_labels, "--ref-labels"),
                          tolerance)
     typer.echo(format_table(res))
     if res.mapping_note:
         _say(res.mapping_note)
+    for p in outs:
+        export.prepare_output_dir(p.parent)
     with export.OutputTransaction(overwrite) as tx:
         if csv:
             tx.add(csv, lambda p: p.write_text(res.to_csv(), encoding="utf-8"))
@@ -340,20 +369,57 @@ def demo(
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    """Run the CLI and return its exit code (usage errors: 2, as click does).
+    """Run the CLI and return its exit code (usage errors: 2, one line).
 
     ``-v``/``-q`` may also be given after the subcommand (``medseg segment ... -q``).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     flags = {"-v", "--verbose", "-q", "--quiet"}
     argv = [a for a in argv if a in flags] + [a for a in argv if a not in flags]
-    try:
-        app(args=argv, prog_name="medseg")
-    except SystemExit as exc:
-        return int(exc.code or 0) if not isinstance(exc.code, str) else EXIT_INTERNAL
-    return 0
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        _quiet_libraries()
+        try:
+            rc = app(args=argv, prog_name="medseg", standalone_mode=False)
+        except Exception as exc:  # the command-line parser's own exceptions (click's kinds)
+            return _parser_exit(exc)
+    return int(rc or 0)
+
+
+def _parser_exit(exc: Exception) -> int:
+    """Exit code of a parser exception; usage errors as one line (exit 2)."""
+    kind = type(exc).__name__
+    if kind == "Exit":
+        return int(getattr(exc, "exit_code", 0))
+    if kind == "Abort":
+        typer.echo("medseg: interrupted; no partial output was kept", err=True)
+        return EXIT_INTERRUPTED
+    if kind == "NoArgsIsHelpError":
+        typer.echo(exc.format_message())  # type: ignore[attr-defined]
+        return 0
+    if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):
+        msg = " ".join(exc.format_message().split())  # type: ignore[attr-defined]
+        typer.echo(f"medseg: error: {msg}", err=True)
+        return int(exc.exit_code)  # type: ignore[attr-defined]
+    raise exc
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as one ``medseg: warning: ...`` line (none with -q)."""
+    if not STATE["quiet"]:
+        text = str(message).strip().splitlines()[0] if str(message).strip() else category.__name__
+        typer.echo(f"medseg: warning: {text}", err=True)
+
+
+def _quiet_libraries() -> None:
+    """nibabel's log messages stay out of the output (ITK's: see ``_handled``)."""
+    logging.getLogger("nibabel").setLevel(logging.ERROR)
 
 
 def run() -> None:  # pragma: no cover - console script
     signal.signal(signal.SIGTERM, _on_sigterm)
     sys.exit(main())
+
+
+if __name__ == "__main__":  # pragma: no cover - python -m medseg.cli
+    run()

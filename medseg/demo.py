@@ -7,6 +7,16 @@ from pathlib import Path
 
 from .errors import ModelError, UsageError
 
+BANNER = """
+==============================================================================
+ SAM2 did not run: no SAM2.1 checkpoint is available.
+ {reason}
+ Shown instead: the weight-free 'transfer' method (each query slice takes the
+ mask of its best-matched augmented support slice). With the checkpoint in
+ place, the same command runs SAM2.
+==============================================================================
+"""
+
 
 def run_demo(output: Path, case: str, checkpoint: Path | None, model: str, device: str, mode: str,
              overwrite: bool, say: Callable[[str], None], echo: Callable[[str], None],
@@ -34,9 +44,7 @@ def run_demo(output: Path, case: str, checkpoint: Path | None, model: str, devic
     try:
         ckpt, _ = resolve_checkpoint(model, checkpoint, progress=progress)
     except ModelError as exc:
-        say(f"NOTE: no SAM2 weights: {exc}")
-        say("running the weight-free transfer method instead (each slice takes its matched "
-            "support mask); with weights, the same command runs SAM2.")
+        say(BANNER.format(reason=exc))
         ckpt, method = None, "transfer"
     seg = Segmenter(model, ckpt, device, progress=progress)
     res = seg.segment(p["support"], p["support_label"], p["query"], labels=list(c.labels),

@@ -85,9 +85,12 @@ def _read_seg(path: Path, image: Volume, name: str) -> SupportLabel:
         segments[n] = SegmentInfo(n, label, _seg_colour(desc), None, f"Segment_{n}")
         where[n] = (len(layers) - 1, 1)
     index_of = {n: where[n][0] for n in where}
+    shared = ds.SharedFunctionalGroupsSequence[0]
     for fi, frame in enumerate(ds.PerFrameFunctionalGroupsSequence):
-        seg_n = int(frame.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
-        pos = [float(v) for v in frame.PlanePositionSequence[0].ImagePositionPatient]
+        ident = frame if "SegmentIdentificationSequence" in frame else shared
+        seg_n = int(ident.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+        plane = frame if "PlanePositionSequence" in frame else shared
+        pos = [float(v) for v in plane.PlanePositionSequence[0].ImagePositionPatient]
         k = _slice_of(image, pos, path, name)
         if seg_n in index_of and 0 <= k < image.shape[0]:
             layers[index_of[seg_n]][k] |= (pixels[fi] > 0).astype(np.uint8)
@@ -181,6 +184,9 @@ def _nonempty(label: SupportLabel, path: Path, name: str) -> SupportLabel:
 # --- DICOM-SEG output -------------------------------------------------------------------------
 
 
+REQUIRED_UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "FrameOfReferenceUID")
+
+
 def query_files(result: Result) -> list[str]:
     files = result.query_source.get("dicom_file_list")
     if not files:
@@ -190,16 +196,41 @@ def query_files(result: Result) -> list[str]:
     return files
 
 
+def check_seg_sources(path: str | os.PathLike) -> None:
+    """Before any work: can a DICOM-SEG reference the query (a DICOM series with UIDs)?"""
+    p = Path(path)
+    if not is_dicom(p):
+        raise OutputError(f"format dicom-seg: the query {p} was not read from a DICOM series, so "
+                          "a DICOM-SEG cannot reference it; use nifti or seg.nrrd",
+                          option="format")
+    first = p if p.is_file() else next(f for f in sorted(p.iterdir()) if f.is_file())
+    ds = _read(first)
+    missing = [u for u in REQUIRED_UIDS if not str(getattr(ds, u, "") or "").strip()]
+    if missing:
+        raise OutputError(f"format dicom-seg: the query series lacks {', '.join(missing)} "
+                          "(anonymised without UIDs?), which a DICOM-SEG must reference; use "
+                          "nifti or seg.nrrd", option="format")
+
+
+def _source(path: str):
+    """A source instance for highdicom; an empty SOPClassUID is taken from the file meta."""
+    import pydicom
+
+    ds = pydicom.dcmread(path)
+    if not str(getattr(ds, "SOPClassUID", "") or "").strip():
+        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID
+    return ds
+
+
 def write_dicom_seg(result: Result, path: Path) -> None:
     """A binary DICOM-SEG of the result, referencing the query's DICOM instances."""
     import highdicom as hd
-    import pydicom
     from highdicom.sr.coding import CodedConcept
     from pydicom.sr.codedict import codes
 
     from ._version import __version__
 
-    sources = [pydicom.dcmread(f) for f in query_files(result)]
+    sources = [_source(f) for f in query_files(result)]
     labels = result.labels.array  # (z, y, x): z follows the series' file order
     masks = np.stack([labels == e.output_value for e in result.plan], axis=-1).astype(np.uint8)
     algo = hd.AlgorithmIdentificationSequence(
@@ -222,6 +253,18 @@ def write_dicom_seg(result: Result, path: Path) -> None:
         software_versions=__version__, device_serial_number="none",
         series_description="medseg (automatic, not reviewed)", omit_empty_frames=True)
     seg.save_as(str(path))
+
+
+def is_dicom(path: str | os.PathLike) -> bool:
+    """A DICOM file (``DICM`` preamble), or a folder holding one."""
+    p = Path(path)
+    files = [p] if p.is_file() else sorted(f for f in p.iterdir() if f.is_file())[:5] \
+        if p.is_dir() else []
+    for f in files:
+        with open(f, "rb") as fh:
+            if fh.read(132)[128:] == b"DICM":
+                return True
+    return False
 
 
 def series_files_of(path: str | os.PathLike) -> tuple[Path, str] | None:

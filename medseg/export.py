@@ -101,9 +101,9 @@ def check_outputs(paths: Sequence[Path], *, overwrite: bool,
                   inputs: Sequence[str | os.PathLike] = ()) -> None:
     """Before any work: never write onto an input, onto a folder, or (without
     ``overwrite``) onto an existing file."""
-    resolved = {Path(p).resolve() for p in inputs if p}
+    resolved = {r for r in (_resolve(Path(p), strict=False) for p in inputs if p) if r}
     for p in paths:
-        if p.resolve() in resolved:
+        if _resolve(p) in resolved:
             raise OutputError(f"{p}: is one of the inputs; choose another output folder with -o")
         if p.is_dir():
             raise OutputError(f"{p}: is a folder; an output file cannot replace it (remove it "
@@ -112,6 +112,29 @@ def check_outputs(paths: Sequence[Path], *, overwrite: bool,
     if existing and not overwrite:
         raise OutputError(f"output exists: {', '.join(existing)}; pass --overwrite to replace it "
                           "or choose another folder with -o")
+
+
+def _resolve(p: Path, strict: bool = True) -> Path | None:
+    """``p.resolve()``; a looping link is an output error (inputs: skipped, the reader says)."""
+    try:
+        return p.resolve()
+    except (OSError, RuntimeError) as exc:  # a symbolic-link loop
+        if not strict:
+            return None
+        raise OutputError(f"{p}: cannot be resolved ({exc}); is it a looping symbolic link?"
+                          ) from exc
+
+
+def check_output_dir(out_dir: str | os.PathLike) -> None:
+    """Before any work, without creating anything: can ``out_dir`` be written to?"""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"{out}: exists and is not a folder; -o takes a folder")
+    probe = out
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not os.access(probe, os.W_OK):
+        raise OutputError(f"{out}: folder is not writable; choose another output folder with -o")
 
 
 def prepare_output_dir(out_dir: str | os.PathLike) -> Path:

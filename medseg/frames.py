@@ -17,10 +17,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import UsageError
+from .errors import InputError, UsageError
 from .io import Orientation, Volume, canonical_spacing_zyx, from_canonical, to_canonical
+from .options import AXES
 
-AXES = ("axial", "coronal", "sagittal")
+MIN_FRAME = 8  # pixels: the smallest frame side SAM2 is given
 
 # (low, high) in HU
 CT_WINDOWS: dict[str, tuple[float, float]] = {
@@ -43,13 +44,14 @@ def parse_window(spec: str | None) -> tuple[float, float] | None:
         return CT_WINDOWS[spec]
     try:
         level, width = (float(v) for v in spec.split(","))
+        if not (np.isfinite(level) and np.isfinite(width)):
+            raise ValueError
     except ValueError:
         raise UsageError(
-            f"--window {spec!r}: use a preset ({', '.join(CT_WINDOWS)}) or 'LEVEL,WIDTH' "
-            "in HU, e.g. '40,400'"
-        ) from None
+            f"window {spec!r}: use a preset ({', '.join(CT_WINDOWS)}) or 'LEVEL,WIDTH' "
+            "in HU (finite numbers), e.g. '40,400'", option="window") from None
     if width <= 0:
-        raise UsageError(f"--window {spec!r}: width must be positive")
+        raise UsageError(f"window {spec!r}: width must be positive", option="window")
     return (level - width / 2.0, level + width / 2.0)
 
 
@@ -89,7 +91,7 @@ def normalize_intensity(
 
 def _check_axis(axis: str) -> None:
     if axis not in AXES:
-        raise UsageError(f"axis {axis!r}: choose one of {', '.join(AXES)}")
+        raise UsageError(f"axis {axis!r}: choose one of {', '.join(AXES)}", option="axis")
 
 
 def canonical_to_frames(canon: np.ndarray, axis: str) -> np.ndarray:
@@ -156,6 +158,12 @@ def volume_to_frames(
     """Normalised frames of a volume along ``axis`` in canonical orientation."""
     canon, orient = to_canonical(vol)
     sz, sy, sx = canonical_spacing_zyx(vol, orient)
+    view = canonical_to_frames(canon, axis)
+    if min(view.shape[1:]) < MIN_FRAME:
+        raise InputError(
+            f"{vol.path or 'volume'}: {axis} frames would be {view.shape[1]} x {view.shape[2]} "
+            f"pixels (the volume is {' x '.join(map(str, vol.shape[::-1]))} voxels); SAM2 needs "
+            f"frames of at least {MIN_FRAME} x {MIN_FRAME}: choose another axis", option="axis")
     norm, how = normalize_intensity(canon, modality, window)
     frames = np.ascontiguousarray(canonical_to_frames(norm, axis))
     spacing = {"axial": (sz, sy, sx), "coronal": (sy, sz, sx), "sagittal": (sx, sz, sy)}[axis]

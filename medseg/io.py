@@ -30,9 +30,13 @@ IMAGE_SUFFIXES = (*NIFTI_SUFFIXES, ".nrrd", ".nhdr", ".mha", ".mhd")
 ORTHONORMAL_TOL = 1e-4
 
 
-@dataclass
+@dataclass(eq=False)
 class Volume:
-    """A 3D image: ``array`` is (z, y, x); geometry follows ITK (x, y, z) conventions."""
+    """A 3D image: ``array`` is (z, y, x); geometry follows ITK (x, y, z) conventions.
+
+    Two volumes are equal when their voxels are and their geometry agrees to 1e-4
+    (what NIfTI keeps of it); paths and metadata aside.
+    """
 
     array: np.ndarray
     spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
@@ -47,6 +51,13 @@ class Volume:
         self.direction = np.asarray(self.direction, dtype=float).reshape(3, 3)
         if self.array.ndim != 3:
             raise InputError(f"a Volume needs a 3D array, got shape {self.array.shape}")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Volume):
+            return NotImplemented
+        return not same_geometry(self, other) and np.array_equal(self.array, other.array)
+
+    __hash__ = None  # type: ignore[assignment]
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -198,7 +209,19 @@ def _read_dicom_series(path: Path, series: str | None, name: str = "image"
     _check_slice_positions(files, path, name)
     reader.SetFileNames(files)
     img = reader.Execute()
-    return img, {"dicom_series": chosen, "dicom_files": len(files), "dicom_file_list": files}
+    meta = {"dicom_series": chosen, "dicom_files": len(files), "dicom_file_list": files}
+    return img, {**meta, **_dicom_ids(files[0])}
+
+
+def _dicom_ids(path: str) -> dict[str, str]:
+    """StudyInstanceUID and FrameOfReferenceUID of a series (from its first file)."""
+    import pydicom
+
+    ds = pydicom.dcmread(path, stop_before_pixels=True,
+                         specific_tags=["StudyInstanceUID", "FrameOfReferenceUID"])
+    return {k: str(getattr(ds, tag)) for k, tag in (("dicom_study", "StudyInstanceUID"),
+                                                      ("dicom_frame_of_reference",
+                                                       "FrameOfReferenceUID")) if tag in ds}
 
 
 def _check_slice_positions(files: list[str], path: Path, name: str) -> None:
@@ -253,9 +276,12 @@ def read_image(path: str | os.PathLike, *, series: str | None = None, name: str 
     import SimpleITK as sitk
 
     p = Path(path)
+    if p.is_symlink() and not p.exists():
+        raise InputError(f"{name} {p}: a broken or looping symbolic link")
     if not p.exists():
         raise InputError(f"{name} {p}: no such file or folder")
     meta: dict[str, Any] = {}
+    nonfinite = None
     dicom_file = None if p.is_dir() or _suffix(p) in IMAGE_SUFFIXES else \
         _dicom_file_series(p, series, name)
     if p.is_dir():
@@ -277,6 +303,7 @@ def read_image(path: str | os.PathLike, *, series: str | None = None, name: str 
             used = _nifti_transform_check(p, img)
             if used:
                 meta["nifti_transform_used"] = used
+            nonfinite = _nifti_nonfinite(p, img)
     if img.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(
             f"{name} {p}: has {img.GetNumberOfComponentsPerPixel()} components per voxel "
@@ -302,7 +329,29 @@ def read_image(path: str | os.PathLike, *, series: str | None = None, name: str 
     direction = np.array(img.GetDirection()).reshape(3, 3)
     _check_direction(direction, str(p))
     vol = Volume.from_sitk(img, path=str(p), **meta)
+    if not p.is_dir() and _suffix(p) in NIFTI_SUFFIXES and nonfinite is not None:
+        arr = vol.array.astype(np.float32, copy=True)
+        arr[nonfinite.reshape(arr.shape)] = np.nan  # ITK's NIfTI reader turns NaN into 0
+        vol = vol.with_array(arr)
     return vol
+
+
+def _nifti_nonfinite(p: Path, img) -> np.ndarray | None:
+    """Where a floating-point NIfTI holds NaN/inf (ITK reads them as 0), in (z, y, x)."""
+    import SimpleITK as sitk
+
+    if img.GetPixelID() not in (sitk.sitkFloat32, sitk.sitkFloat64):
+        return None
+    try:
+        import nibabel as nib
+
+        data = np.asanyarray(nib.load(str(p)).dataobj)
+    except Exception:
+        return None
+    bad = ~np.isfinite(data)
+    if not bad.any():
+        return None
+    return np.ascontiguousarray(bad.reshape(bad.shape[:3]).transpose(2, 1, 0))
 
 
 def _check_nifti_complete(p: Path, name: str) -> None:
@@ -363,6 +412,21 @@ def _explain_read_error(p: Path, msg: str, name: str) -> str:
     if suffix == ".nii.gz" or "gz" in low or "zlib" in low or "inflate" in low:
         return f"{name} {p}: cannot read: file is truncated or corrupt (re-copy or re-export it)"
     return f"{name} {p}: cannot read as a medical image" + (f" ({first})" if first else "")
+
+
+def check_not_label(vol: Volume, name: str) -> Volume:
+    """Refuse a label map given where an image is expected (a few integer values only)."""
+    arr = vol.array
+    if not (np.issubdtype(arr.dtype, np.integer) or arr.dtype == bool):
+        return vol
+    sample = arr.ravel()[:: max(1, arr.size // 1_000_000)]
+    values = np.unique(sample)
+    if values.size <= 16 and values.min() >= 0 and 0 in values:
+        raise InputError(
+            f"{name} {vol.path}: looks like a label map (only the values "
+            f"{', '.join(map(str, values[:8]))}{' ...' if values.size > 8 else ''}), not an "
+            f"image; give the scan as the {name} and the labels as the support label")
+    return vol
 
 
 def check_finite(vol: Volume, name: str = "image") -> Volume:

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+MAX_LABELS = 1000  # more distinct values than this: an intensity image, not a label map
 IMPLEMENTATION = "MONAI {version} (monai.metrics; Euclidean distance, symmetric HD95, ASSD, NSD)"
 
 
@@ -226,6 +227,11 @@ def evaluate_files(
         a = vol.array
         if np.issubdtype(a.dtype, np.floating) and not np.array_equal(a, np.round(a)):
             raise InputError(f"{name} {vol.path}: holds non-integer values; give a label map")
+        values = np.unique(a.ravel()[:: max(1, a.size // 2_000_000)])
+        if values.size > MAX_LABELS or (values.size and values.min() < 0):
+            raise InputError(f"{name} {vol.path}: looks like an image, not a label map "
+                             f"({values.size} distinct values, from {values.min():g}); give "
+                             "label maps (0 background, 1, 2, ... structures)")
     p, r = pred.array.astype(np.int64), ref.array.astype(np.int64)
     labels, ref_labels, names, note = _pairing(pred_path, p, r, labels, ref_labels)
     if len(ref_labels) != len(labels):

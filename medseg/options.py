@@ -3,6 +3,8 @@ command line derives its choices from them."""
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Sequence
 
 from .errors import UsageError
@@ -32,3 +34,46 @@ def split_list(spec: str | Sequence[str] | None) -> list[str] | None:
         return None
     items = spec.split(",") if isinstance(spec, str) else list(spec)
     return [str(s).strip() for s in items if str(s).strip()]
+
+
+def check_image_size(size: int | None) -> int | None:
+    """SAM2 input size: a multiple of 32 from 64 to 2048 (None: the checkpoint's)."""
+    if size is None:
+        return None
+    if isinstance(size, bool) or not isinstance(size, int) or size < 64 or size > 2048 \
+            or size % 32:
+        raise UsageError(f"image_size {size!r}: use a multiple of 32 from 64 to 2048 (official "
+                         "checkpoints: 1024)", option="image_size")
+    return size
+
+
+def check_int(value: int, option: str, low: int, high: int | None = None) -> int:
+    """An integer option within [low, high]."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or \
+            (high is not None and value > high):
+        bound = f">= {low}" if high is None else f"from {low} to {high}"
+        raise UsageError(f"{option} {value!r}: must be an integer {bound}", option=option)
+    return value
+
+
+def check_positive(value: float, option: str) -> float:
+    if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise UsageError(f"{option} {value!r}: must be a positive number", option=option)
+    return float(value)
+
+
+def check_device(spec: str | None) -> str:
+    """``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``gpu`` or ``mps`` (availability is checked
+    when the model is loaded)."""
+    s = (spec or "auto").strip().lower()
+    if not re.fullmatch(r"auto|cpu|gpu|mps|cuda(:\d+)?", s):
+        raise UsageError(f"device {spec!r}: use auto, cpu, cuda, cuda:N or mps", option="device")
+    return s
+
+
+def check_range_syntax(spec: str | None) -> str | None:
+    """``START:STOP`` frame indices (either may be empty)."""
+    if spec and not re.fullmatch(r"\s*-?\d*\s*:\s*-?\d*\s*", spec):
+        raise UsageError(f"z_range {spec!r}: use START:STOP frame indices, e.g. 10:80",
+                         option="z_range")
+    return spec

@@ -22,10 +22,10 @@ import numpy as np
 from .augment import BankConfig
 from .errors import InputError, UsageError
 from .frames import FrameStack, parse_window, volume_to_frames
-from .io import Volume, check_finite, read_image
-from .labels import LabelPlan, make_plan
+from .io import Volume, check_finite, check_not_label, read_image
+from .labels import LabelPlan, check_name, make_plan
 from .match import make_matcher
-from .options import AXES, METHODS, MODALITIES, MODES, check_choice
+from .options import AXES, METHODS, MODALITIES, MODES, check_choice, check_int, check_range_syntax
 from .postprocess import parse_range, postprocess
 from .propagate import Matching, Propagation, Sam2Pairs, Sam2Volume, Transfer
 from .report import FrameRecord, GroupRecord, Report
@@ -66,10 +66,17 @@ class SegmentConfig:
         check_choice(self.modality, MODALITIES, "modality")
         matcher = self.matcher or ("sam2" if self.method == "sam2" else "ncc")
         make_matcher(matcher)  # validates the name only
-        if self.shots < 1:
-            raise UsageError(f"shots must be >= 1, got {self.shots}", option="shots")
+        check_int(self.shots, "shots", 1)
+        check_int(self.bank.seed, "seed", 0, 2**31 - 1)
+        if self.support_slice is not None:
+            check_int(self.support_slice, "support_slice", 0)
+        check_range_syntax(self.z_range)
         parse_window(self.window)
-        return replace(self, matcher=matcher)
+        names = [check_name(n) for n in self.names] if self.names is not None else None
+        if names is not None and self.labels and len(names) != len(self.labels):
+            raise UsageError(f"names: {len(names)} names for {len(self.labels)} labels",
+                             option="names")
+        return replace(self, matcher=matcher, names=names)
 
     @property
     def needs_model(self) -> bool:
@@ -113,8 +120,9 @@ class Inputs:
 
 def load(support: Any, support_label: Any, query: Any, cfg: SegmentConfig) -> Inputs:
     """Read and check the three inputs (paths or :class:`Volume`)."""
-    s = check_finite(_volume(support, "support", cfg.support_series), "support")
-    q = check_finite(_volume(query, "query", cfg.query_series), "query")
+    s = check_finite(check_not_label(_volume(support, "support", cfg.support_series), "support"),
+                     "support")
+    q = check_finite(check_not_label(_volume(query, "query", cfg.query_series), "query"), "query")
     lab = read_support_label(support_label, s, resample=cfg.resample_label)
     return Inputs(s, lab, q)
 
@@ -220,10 +228,6 @@ def run(support: Any, support_label: Any, query: Any, cfg: SegmentConfig,
         with t("match"):
             matching = methods.match(q, g)
         with t("propagate"):
-            if eng is not None:
-                import torch
-
-                torch.manual_seed(cfg.bank.seed)
             props.append(methods.propagator.run(q, g, matching, bar.update))
     bar.close()
     combined = combine(props, groups, len(plan), q.shape)
@@ -270,7 +274,8 @@ def _inputs_dict(inputs: Inputs, frames: Frames, cfg: SegmentConfig) -> dict:
 
 
 def _source(v: Volume) -> dict:
-    keys = ("dicom_series", "dicom_files", "nifti_transform_used")
+    keys = ("dicom_series", "dicom_study", "dicom_frame_of_reference", "dicom_files",
+            "nifti_transform_used")
     return {k: v.meta[k] for k in keys if k in v.meta}
 
 

@@ -145,7 +145,7 @@ def with_oom_retry(engine: Any, call: Callable, store: Any) -> Any:
         torch.cuda.empty_cache()
         if engine.batch_size == 1:
             raise DeviceError(_OOM.format(engine.device)) from None
-    engine.batch_size = 1
+    size, engine.batch_size = engine.batch_size, 1
     warnings.warn("GPU out of memory: retrying with batch size 1 and the state offloaded to "
                   "CPU", stacklevel=3)
     try:
@@ -153,6 +153,8 @@ def with_oom_retry(engine: Any, call: Callable, store: Any) -> Any:
     except torch.cuda.OutOfMemoryError as exc:
         torch.cuda.empty_cache()
         raise DeviceError(_OOM.format(engine.device)) from exc
+    finally:
+        engine.batch_size = size  # the next query starts with the configured batch size
 
 
 _OOM = ("out of GPU memory on {} even with batch size 1; use a smaller model or image size, "

@@ -208,8 +208,13 @@ def utf8_custom_fields(p: Path) -> dict[str, str]:
 
 def _nrrd_geometry(header: dict, p: Path) -> dict:
     """Spacing/origin/direction (ITK, LPS) of a Slicer ``.seg.nrrd``'s three domain axes."""
-    dirs = np.asarray(header.get("space directions"), dtype=object)
-    rows = [np.asarray(r, float) for r in dirs if r is not None and not _is_none(r)]
+    rows = []
+    for r in header.get("space directions", []):  # a 4D file's list axis has "none"
+        if r is None or isinstance(r, str):
+            continue
+        a = np.asarray(r, dtype=float)
+        if not np.isnan(a).all():
+            rows.append(a)
     if len(rows) != 3:
         raise InputError(f"{p}: the segmentation has no 3D geometry (space directions)")
     vecs = np.stack(rows)  # rows: world vector of index axes i, j, k
@@ -221,10 +226,6 @@ def _nrrd_geometry(header: dict, p: Path) -> dict:
     spacing = np.linalg.norm(vecs, axis=1)
     return {"spacing": tuple(spacing), "origin": tuple(origin),
             "direction": (vecs / spacing[:, None]).T}
-
-
-def _is_none(r) -> bool:
-    return isinstance(r, str) or (np.asarray(r).dtype.kind == "f" and np.isnan(np.asarray(r)).all())
 
 
 def _segment_headers(header: dict) -> list[dict]:

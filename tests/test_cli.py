@@ -82,26 +82,27 @@ def test_evaluate_geometry_mismatch(tmp_path, label_files, capsys):
     assert "Traceback" not in err
 
 
-def test_segment_input_errors(tmp_path, label_files, capsys):
-    p, r, _ = label_files
-    code, _, err = run(["segment", "-s", tmp_path / "nope.nii.gz", "-l", r, "-i", p,
+def test_segment_input_errors(tmp_path, capsys):
+    f = write_case(tmp_path)
+    s, r, q = f["s"], f["l"], f["q"]
+    code, _, err = run(["segment", "-s", tmp_path / "nope.nii.gz", "-l", r, "-i", q,
                         "-o", tmp_path / "o"], capsys)
     assert code == EXIT_INPUT and "no such file" in err and "Traceback" not in err
-    code, _, err = run(["segment", "-s", p, "-l", r, "-i", p, "-o", tmp_path / "o",
+    code, _, err = run(["segment", "-s", s, "-l", r, "-i", q, "-o", tmp_path / "o",
                         "--window", "bad"], capsys)
     assert code == EXIT_USAGE and "--window" in err
-    code, _, err = run(["segment", "-s", p, "-l", r, "-i", p, "-o", tmp_path / "o",
+    code, _, err = run(["segment", "-s", s, "-l", r, "-i", q, "-o", tmp_path / "o",
                         "--checkpoint", tmp_path / "none.pt", "--matcher", "ncc"], capsys)
     assert code == EXIT_MODEL and "no such file" in err
 
 
-def test_segment_no_cuda(tmp_path, label_files, capsys, monkeypatch, random_checkpoint):
+def test_segment_no_cuda(tmp_path, capsys, monkeypatch, random_checkpoint):
     import torch
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    p, r, _ = label_files
-    code, _, err = run(["segment", "-s", p, "-l", r, "-i", p, "-o", tmp_path / "o", "--device",
-                        "cuda", "--checkpoint", random_checkpoint], capsys)
+    f = write_case(tmp_path)
+    code, _, err = run(["segment", "-s", f["s"], "-l", f["l"], "-i", f["q"], "-o", tmp_path / "o",
+                        "--device", "cuda", "--checkpoint", random_checkpoint], capsys)
     assert code == EXIT_RUNTIME and "no CUDA GPU" in err
 
 

@@ -300,6 +300,10 @@ def test_truncated_download_is_rejected(tmp_path, monkeypatch, random_checkpoint
     (src / spec.filename).write_bytes(random_checkpoint.read_bytes())
     path, how = checkpoints.resolve_checkpoint("tiny", progress=False)
     assert how == "download" and path.read_bytes() == random_checkpoint.read_bytes()
+    digest = checkpoints.sha256(path)
+    assert checkpoints.provenance(path, digest, {}).startswith("official SAM2.1 release")
+    assert checkpoints.provenance(random_checkpoint, checkpoints.sha256(random_checkpoint),
+                                  {}).startswith("supplied by the user")
 
 
 def test_absent_object_gives_empty_masks(tmp_path):

@@ -79,6 +79,7 @@ def test_gpu_oom_retry_then_clear_error(small_case, random_checkpoint, monkeypat
         res = seg.segment(small_case["s"], small_case["l"], small_case["q"], labels=[1],
                           bank_size=1, matcher="ncc")
     assert calls == [4, 1] and res.labels.shape == read_image(small_case["q"]).shape
+    assert seg.engine.batch_size == 4  # the next query starts with the configured size
 
     def always(*a, **k):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory")

@@ -199,7 +199,8 @@ class Sam2Engine:
         self.checkpoint_meta = validate_checkpoint(path, model,
                                                    from_cache=source in ("cache", "download"))
         self.checkpoint_path, self.checkpoint_source = path, source
-        self.image_size = int(image_size or self.checkpoint_meta.get("image_size", 1024))
+        self.image_size = int(image_size if image_size is not None
+                              else self.checkpoint_meta.get("image_size", 1024))
         self.batch_size = max(1, int(batch_size))
         self.prune = True  # drop outputs beyond SAM2's memory reach (exact; tested)
         t0 = time.perf_counter()
@@ -218,10 +219,14 @@ class Sam2Engine:
         return self._sha256
 
     def describe(self) -> dict:
+        from ..checkpoints import provenance
+
         return {
             "model": self.model_name, "checkpoint": str(self.checkpoint_path),
             "checkpoint_source": self.checkpoint_source,
             "checkpoint_sha256": self.checkpoint_sha256,
+            "checkpoint_provenance": provenance(self.checkpoint_path, self.checkpoint_sha256,
+                                                self.checkpoint_meta),
             "random_weights": bool(self.checkpoint_meta.get("random_weights", False)),
             "image_size": self.image_size, "device": str(self.device),
             "precision": self.precision, "batch_size": self.batch_size,
@@ -413,8 +418,12 @@ def build_predictor(config: str, path, device, image_size: int):
         overrides.append(f"++model.image_size={image_size}")
 
     def build():
-        return build_sam2_video_predictor(config, str(path), device=str(device),
-                                          hydra_overrides_extra=overrides)
+        import torch
+
+        # random initialisation before the checkpoint loads must not move the caller's RNG
+        with torch.random.fork_rng(devices=[]):
+            return build_sam2_video_predictor(config, str(path), device=str(device),
+                                              hydra_overrides_extra=overrides)
 
     try:
         try:
@@ -422,12 +431,7 @@ def build_predictor(config: str, path, device, image_size: int):
         except Exception as exc:  # Hydra initialised elsewhere: "Cannot find primary config"
             if "primary config" not in str(exc):
                 raise
-            from hydra import initialize_config_module
-            from hydra.core.global_hydra import GlobalHydra
-
-            GlobalHydra.instance().clear()
-            initialize_config_module("sam2", version_base="1.2")
-            predictor = build()
+            predictor = _with_sam2_hydra(build)
     except RuntimeError as exc:
         if "out of memory" in str(exc).lower():
             raise DeviceError(f"out of GPU memory while loading the model on {device}") from exc
@@ -436,3 +440,21 @@ def build_predictor(config: str, path, device, image_size: int):
                          ) from exc
     check_compatibility(predictor)
     return predictor
+
+
+def _with_sam2_hydra(build):
+    """Build with sam2's Hydra config module while another application's Hydra setup is
+    active; that setup is restored afterwards."""
+    from hydra import initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    gh = GlobalHydra.instance()
+    saved = gh.config_loader() if gh.is_initialized() else None
+    gh.clear()
+    try:
+        with initialize_config_module("sam2", version_base="1.2"):
+            return build()
+    finally:
+        GlobalHydra.instance().clear()
+        if saved is not None:
+            GlobalHydra.instance().initialize(saved)
