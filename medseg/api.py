@@ -37,7 +37,7 @@ class Segmenter:
     def __init__(self, model: str = "tiny", checkpoint: str | os.PathLike | None = None,
                  device: str = "auto", *, image_size: int | None = None, batch_size: int = 8,
                  precision: str = "auto", allow_download: bool = True, progress: bool = False,
-                 feature_cache_mb: float = 2048.0):
+                 feature_cache_mb: float = 2048.0, compile: bool = False):
         self.model = check_choice(model, MODELS, "model")
         self.precision = check_choice(precision, PRECISIONS, "precision")
         self.checkpoint = checkpoint
@@ -47,7 +47,9 @@ class Segmenter:
         self.allow_download = allow_download
         self.progress = progress
         self.feature_cache_mb = feature_cache_mb  # encoder features kept from matching
+        self.compile = compile
         self._engine = None
+        self._support = pipeline.SupportCache()  # the support and its banks, across queries
 
     @property
     def engine(self):
@@ -61,7 +63,7 @@ class Segmenter:
                     self.model, None if self.checkpoint is None else str(self.checkpoint),
                     self.device, image_size=self.image_size, batch_size=self.batch_size,
                     precision=self.precision, allow_download=self.allow_download,
-                    progress=self.progress)
+                    progress=self.progress, compile=self.compile)
         return self._engine
 
     def segment(self, support: Any, support_label: Any, query: Any,
@@ -75,7 +77,7 @@ class Segmenter:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*cannot import name '_C'.*")
             return pipeline.run(support, support_label, query, cfg, lambda: self.engine,
-                                self.progress, self.feature_cache_mb)
+                                self.progress, self.feature_cache_mb, self._support)
 
     def segment_many(self, support: Any, support_label: Any, queries: Iterable[Any],
                      config: SegmentConfig | None = None, **options: Any) -> Iterator[Result]:

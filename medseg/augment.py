@@ -12,6 +12,7 @@ applied (albumentations' ``save_applied_params``), including the 2x3 affine matr
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -67,6 +68,7 @@ class Bank:
 
 
 def _pipeline(cfg: BankConfig, seed: int):
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no version check over the network
     import albumentations as A
     import cv2
 

@@ -187,6 +187,9 @@ def segment(
     batch_size: int = typer.Option(8, "--batch-size", min=1, help="Frames per encoder batch and "
                                    "clips per batched SAM2 call (1: bit-identical to stock)."),
     precision: Precision = typer.Option("auto", "--precision", help="auto (bf16 on CUDA)."),
+    compile_: bool = typer.Option(False, "--compile", help="torch.compile the image encoder "
+                                  "(a warm-up of tens of seconds; pays off on long volumes "
+                                  "and cohorts on a GPU)."),
     formats: str = typer.Option("nifti,seg.nrrd", "--format", help="Comma list: "
                                 + ", ".join(opt.FORMATS) + "."),
     report: Optional[Path] = typer.Option(None, "--report", help="Report path (one query; "
@@ -213,17 +216,31 @@ def segment(
                                                  help="DICOM series UID of the support."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
     no_download: bool = typer.Option(False, "--no-download", help="Never download weights."),
+    resume: bool = typer.Option(False, "--resume", help="Cohort: skip queries whose outputs "
+                                "are complete and valid."),
+    ref: Optional[Path] = typer.Option(None, "--ref", help="Cohort: folder of reference labels "
+                                       "named like the queries (adds Dice/HD95 to the summary)."),
+    workers: int = typer.Option(1, "--workers", min=1, help="Cohort: parallel workers on Ray "
+                                "(one model each; one GPU each where there are GPUs)."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Cohort: a running Ray "
+                                              "cluster (default: a local one)."),
 ) -> None:
-    """Segment QUERY scan(s) from one labelled support scan; writes NIfTI/.seg.nrrd + report."""
+    """Segment QUERY scan(s) from one labelled support scan; writes NIfTI/.seg.nrrd + report.
+
+    Several queries (a folder, a glob, a list file, or --query repeated) run as a cohort:
+    one model load, a summary (cohort_summary.csv/.json), failures recorded and skipped.
+    """
     from .api import Segmenter
+    from .cohort import expand_queries
     from .segmentations import find_label_beside
 
     if support_label is None:
         support_label = _find_label(support, find_label_beside)
     fmt = opt.split_list(formats) or []
-    seg = Segmenter(model.value, checkpoint, device, image_size=image_size, batch_size=batch_size,
-                    precision=precision.value, allow_download=not no_download,
-                    progress=not STATE["quiet"])
+    seg_kwargs = dict(model=model.value, checkpoint=checkpoint, device=device,
+                      image_size=image_size, batch_size=batch_size, precision=precision.value,
+                      allow_download=not no_download, compile=compile_)
+    seg = Segmenter(**seg_kwargs, progress=not STATE["quiet"])
     config = dict(labels=opt.split_list(labels), names=opt.split_list(names), mode=mode.value,
                   matcher=matcher.value if matcher else None, method=method.value,
                   axis=axis.value, window=window, modality=modality.value,
@@ -231,8 +248,16 @@ def segment(
                   fill_holes=fill_holes, z_range=z_range, resample_label=resample_label,
                   query_series=series, support_series=support_series, bank_size=bank_size,
                   seed=seed)
-    _segment_one(seg, support, support_label, Path(query[0]), output, fmt, report, qc,
-                 overwrite, config)
+    queries = expand_queries(query)
+    single = len(queries) == 1 and len(query) == 1 and queries[0] == Path(query[0])
+    if single and not (resume or ref or workers > 1):
+        _segment_one(seg, support, support_label, queries[0], output, fmt, report, qc,
+                     overwrite, config)
+        return
+    from .cohort import run_cohort
+
+    run_cohort(seg, seg_kwargs, support, support_label, queries, output, fmt, report, qc,
+               overwrite, resume, ref, workers, ray_address, config, _say, STATE["verbose"])
 
 
 def _find_label(support: Path, finder) -> Path:

@@ -10,6 +10,7 @@ Exit codes (also documented in README.md):
 4     output problem (exists without ``--overwrite``, not writable, disk full)
 5     runtime or device problem (CUDA/MPS not available, out of memory)
 6     model problem (checkpoint missing, corrupt, wrong size, offline download)
+7     cohort: some queries failed (the others were segmented; see the summary)
 130   interrupted (Ctrl-C); no partial output is left behind
 143   terminated (SIGTERM, e.g. from a scheduler or ``timeout``); as Ctrl-C
 ====  =====================================================================
@@ -24,6 +25,7 @@ EXIT_INPUT = 3
 EXIT_OUTPUT = 4
 EXIT_RUNTIME = 5
 EXIT_MODEL = 6
+EXIT_PARTIAL = 7
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
 
@@ -70,3 +72,9 @@ class ModelError(MedsegError):
     """A SAM2 checkpoint is missing, corrupt, mismatched or cannot be downloaded."""
 
     exit_code = EXIT_MODEL
+
+
+class CohortFailures(MedsegError):
+    """Some queries of a cohort failed; the rest were segmented."""
+
+    exit_code = EXIT_PARTIAL

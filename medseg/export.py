@@ -429,4 +429,4 @@ def seg_nrrd(labels: np.ndarray, reference: Volume, plan: LabelPlan, path: Path)
     data = np.ascontiguousarray(labels.astype("<u1" if plan.dtype == "uint8" else "<u2"))
     with open(path, "wb") as fh:  # (z, y, x) in C order: x runs fastest, as NRRD's first axis
         fh.write(("\n".join(lines) + "\n\n").encode("utf-8"))
-        fh.write(gzip.compress(data.tobytes(), compresslevel=6))
+        fh.write(gzip.compress(data.tobytes(), compresslevel=6, mtime=0))  # reproducible

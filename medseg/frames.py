@@ -203,7 +203,9 @@ def to_model_input(frames: np.ndarray, image_size: int, device=None, dtype=None)
     import torch.nn.functional as F
 
     t = torch.as_tensor(np.ascontiguousarray(frames), dtype=torch.float32)
-    if device is not None:
+    if device is not None and torch.device(device).type == "cuda":
+        t = t.pin_memory().to(device, non_blocking=True)  # page-locked: an async copy
+    elif device is not None:
         t = t.to(device)
     t = t[:, None]
     if t.shape[-2:] != (image_size, image_size):

@@ -98,7 +98,8 @@ class Sam2FeatureMatcher:
 
     def distances(self, query: np.ndarray, bank_images: np.ndarray) -> np.ndarray:
         e = self.engine
-        bank = e.descriptors(e.encode_many(bank_images))
+        feats = e.member_features(bank_images, range(len(bank_images)))
+        bank = e.descriptors(list(feats.values()))
         out = np.empty((len(query), len(bank_images)), np.float32)
         for idx, entries in self.store.batches():
             out[idx] = e.distances(e.descriptors(entries), bank)

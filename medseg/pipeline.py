@@ -118,13 +118,18 @@ class Inputs:
     query: Volume
 
 
-def load(support: Any, support_label: Any, query: Any, cfg: SegmentConfig) -> Inputs:
-    """Read and check the three inputs (paths or :class:`Volume`)."""
+def load_support(support: Any, support_label: Any, cfg: SegmentConfig
+                 ) -> tuple[Volume, SupportLabel]:
+    """Read and check the support image and its label (paths or :class:`Volume`)."""
     s = check_finite(check_not_label(_volume(support, "support", cfg.support_series), "support"),
                      "support")
-    q = check_finite(check_not_label(_volume(query, "query", cfg.query_series), "query"), "query")
-    lab = read_support_label(support_label, s, resample=cfg.resample_label)
-    return Inputs(s, lab, q)
+    return s, read_support_label(support_label, s, resample=cfg.resample_label)
+
+
+def load_query(query: Any, cfg: SegmentConfig) -> Volume:
+    """Read and check a query (path or :class:`Volume`)."""
+    return check_finite(check_not_label(_volume(query, "query", cfg.query_series), "query"),
+                        "query")
 
 
 def _volume(x: Any, name: str, series: str | None) -> Volume:
@@ -154,6 +159,33 @@ def plan_support(inputs: Inputs, frames: Frames, cfg: SegmentConfig
     groups = prepare_support(frames.support, inputs.support, inputs.label, plan, frames.query,
                              cfg.bank, cfg.shots, cfg.support_slice)
     return plan, groups
+
+
+class SupportCache:
+    """The support read once and its banks built once per query grid (for cohorts)."""
+
+    def __init__(self) -> None:
+        self._inputs: dict[str, tuple[Volume, SupportLabel]] = {}
+        self._groups: dict[str, tuple[LabelPlan, list[SupportGroup]]] = {}
+
+    def support(self, support: Any, label: Any, cfg: SegmentConfig) -> tuple[Volume, SupportLabel]:
+        if isinstance(support, Volume) or isinstance(label, Volume):
+            return load_support(support, label, cfg)
+        key = repr((str(support), str(label), cfg.support_series, cfg.resample_label))
+        if key not in self._inputs:
+            self._inputs = {key: load_support(support, label, cfg)}  # one support at a time
+        return self._inputs[key]
+
+    def plan(self, inputs: Inputs, frames: Frames, cfg: SegmentConfig
+             ) -> tuple[LabelPlan, list[SupportGroup]]:
+        q = frames.query
+        key = repr((id(inputs.label), q.frames.shape[1:], q.spacing[1:], cfg.axis, cfg.modality,
+                    cfg.window, cfg.labels, cfg.names, cfg.bank, cfg.shots, cfg.support_slice))
+        if key not in self._groups:
+            if len(self._groups) > 8:
+                self._groups.clear()
+            self._groups[key] = plan_support(inputs, frames, cfg)
+        return self._groups[key]
 
 
 @dataclass
@@ -208,15 +240,18 @@ def combine(props: list[Propagation], groups: list[SupportGroup], n_out: int, sh
 
 def run(support: Any, support_label: Any, query: Any, cfg: SegmentConfig,
         engine: Callable[[], Any] | None = None, progress: bool = False,
-        feature_cache_mb: float = 2048.0) -> Result:
-    """Segment ``query``; ``engine()`` returns the loaded SAM2 engine when one is needed."""
+        feature_cache_mb: float = 2048.0, cache: SupportCache | None = None) -> Result:
+    """Segment ``query``; ``engine()`` returns the loaded SAM2 engine when one is needed.
+    ``cache`` keeps the support and its banks across queries."""
+    cache = cache or SupportCache()
     t = Timer()
     with t("load"):
-        inputs = load(support, support_label, query, cfg)
+        s, label = cache.support(support, support_label, cfg)
+        inputs = Inputs(s, label, load_query(query, cfg))
     with t("frames"):
         frames = cut_frames(inputs, cfg)
     with t("support"):
-        plan, groups = plan_support(inputs, frames, cfg)
+        plan, groups = cache.plan(inputs, frames, cfg)
     eng = engine() if cfg.needs_model and engine is not None else None
     if cfg.needs_model and eng is None:
         raise UsageError("this configuration needs a SAM2 model (method or matcher sam2)")
@@ -252,7 +287,7 @@ def assemble(inputs: Inputs, frames: Frames, plan: LabelPlan, groups: list[Suppo
         config=_config_dict(cfg), inputs=_inputs_dict(inputs, frames, cfg),
         segments=plan.as_list(), support_groups=_group_records(groups, combined.props),
         per_frame=_frame_records(frames.query, q, labels, plan, combined), timings_s=timings,
-        engine=eng.describe() if eng is not None else None)
+        engine=eng.describe(usage=True) if eng is not None else None)
     return Result(vol, plan, report, frames.query, labels, groups, matches, combined.scores,
                   dict(q.meta))
 

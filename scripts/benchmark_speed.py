@@ -1,19 +1,24 @@
-"""Speed and memory of ``medseg segment`` end to end, against raw sam2 propagation.
+"""Speed and memory: medseg's whole job against stock sam2 doing its part of it.
 
-    python scripts/benchmark_speed.py [--sizes 50,100,200,400] [--hw 512] [--device auto]
-        [--image-size 256] [--modes pair,volume] [--matcher sam2] [--checkpoint PATH]
-        [--no-raw] [--out benchmarks/speed]
+    python scripts/benchmark_speed.py [--sizes 50,100,200,400,1000] [--hw 512] [--device auto]
+        [--image-size 256] [--modes pair,volume] [--batch-size 8] [--checkpoint PATH]
+        [--compile] [--no-raw] [--tag NAME] [--out benchmarks/speed]
 
-For every volume length (synthetic CT-like volumes of SIZE slices of HW x HW, written to and
-read from NIfTI), one fresh process runs the whole job (load, frames, bank, match, SAM2,
-post-process, write) and reports wall time per stage, slices per second, peak RAM (max RSS)
-and peak GPU memory. In the same run, the stock sam2 predictor (``init_state`` on a JPEG
-folder, one object, mask prompt on frame 0) propagates through the same frames; only
-``propagate_in_video`` is timed. medseg's throughput is reported as a ratio to it.
+For every volume length (synthetic CT-like volumes of SIZE slices of HW x HW; inputs are
+prepared beforehand and not timed), each timed run is a fresh process measured from its
+start to its exit:
 
-Timing a model does not depend on its weights: without --checkpoint a random-weight tiny
-model built from the real sam2 config is used (at --image-size, default 1024 on CUDA and 256
-on CPU). Results: CSV + JSON with the machine description.
+* medseg: ``medseg segment`` on the NIfTI files (load, frames, support bank, matching with
+  SAM2 features, SAM2, post-processing, writing NIfTI + .seg.nrrd + report, model load and
+  imports included);
+* raw sam2: stock sam2 on the same frames (as JPEGs written beforehand): import, build the
+  predictor from the checkpoint, ``init_state``, ``add_new_mask`` on one frame,
+  ``propagate_in_video``; nothing is written.
+
+Reported: seconds and slices/s of each, medseg's speed-up over raw sam2, medseg's stage
+times (from its report), raw sam2's propagation alone, peak RAM (max RSS) and peak GPU
+memory. Timing does not depend on the weights: without --checkpoint a random-weight tiny
+model built from the real sam2 config is used. Results: CSV + JSON with the machine.
 """
 
 from __future__ import annotations
@@ -22,7 +27,6 @@ import argparse
 import csv
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -30,6 +34,35 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+RAW = r"""
+import json, sys, time
+import numpy as np, torch
+from sam2.build_sam import build_sam2_video_predictor
+cfg, ckpt, size, folder, device = sys.argv[1:6]
+over = [f"++model.image_size={size}"] if int(size) != 1024 else []
+t0 = time.perf_counter()
+pred = build_sam2_video_predictor(cfg, ckpt, device=device, hydra_overrides_extra=over)
+t_build = time.perf_counter() - t0
+ctx = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else torch.no_grad()
+with torch.inference_mode(), ctx:
+    t0 = time.perf_counter()
+    state = pred.init_state(folder, offload_video_to_cpu=True)
+    t_init = time.perf_counter() - t0
+    h, w = state["video_height"], state["video_width"]
+    mask = np.zeros((h, w), bool)
+    mask[h // 3 : h // 2, w // 2 : 3 * w // 4] = True
+    pred.add_new_mask(state, 0, 1, mask)
+    t0 = time.perf_counter()
+    for _ in pred.propagate_in_video(state):
+        pass
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    t_prop = time.perf_counter() - t0
+gpu = torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else None
+print("RESULT " + json.dumps({"build_s": t_build, "init_state_s": t_init, "propagate_s": t_prop,
+                              "gpu_peak_mb": gpu}))
+"""
 
 
 def synthetic_ct(n: int, hw: int, seed: int):
@@ -53,103 +86,87 @@ def synthetic_ct(n: int, hw: int, seed: int):
     return Volume(img, **geo), Volume(lab, **geo)
 
 
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+def timed(cmd: list[str], env: dict) -> tuple[float, float, str, str]:
+    """(wall seconds, peak RSS MB, stdout, stderr) of one fresh process."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        t0 = time.perf_counter()
+        p = subprocess.Popen(cmd, stdout=out, stderr=err, text=True, env=env)
+        _, status, usage = os.wait4(p.pid, 0)  # this child's own resource usage
+        wall = time.perf_counter() - t0
+        p.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    if p.returncode:
+        print(stderr[-3000:], file=sys.stderr)
+        raise SystemExit(f"failed ({p.returncode}): {' '.join(cmd[:4])} ...")
+    return wall, usage.ru_maxrss / 1024.0, stdout, stderr
 
 
-def worker(args) -> dict:
-    """One measurement in this process (called via --worker)."""
-    import torch
+def prepare(tmp: Path, size: int, hw: int) -> dict[str, Path]:
+    """The inputs of one size: NIfTI support/label/query and the query as a JPEG folder."""
+    from PIL import Image
 
-    from medseg.api import Segmenter
-    from medseg.engine import select_device
+    from medseg.frames import volume_to_frames
     from medseg.io import write_image
 
-    tmp = Path(args.tmp)
-    q_img, _ = synthetic_ct(args.size, args.hw, 1)
-    paths = {"q": tmp / f"q{args.size}.nii.gz", "s": tmp / "s.nii.gz", "l": tmp / "l.nii.gz"}
+    paths = {"s": tmp / "s.nii.gz", "l": tmp / "l.nii.gz", "q": tmp / f"q{size}.nii.gz",
+             "jpg": tmp / f"jpg{size}"}
     if not paths["s"].exists():
-        s_img, s_lab = synthetic_ct(40, args.hw, 2)
+        s_img, s_lab = synthetic_ct(40, hw, 2)
         write_image(s_img, paths["s"])
         write_image(s_lab, paths["l"])
+    q_img, _ = synthetic_ct(size, hw, 1)
     write_image(q_img, paths["q"])
-    del q_img
-    dev = select_device(args.device)
-    rec: dict = {"slices": args.size, "hw": args.hw, "device": str(dev), "mode": args.mode}
-    if args.mode == "raw":
-        rec.update(raw_sam2(args, paths["q"], dev))
-    else:
-        seg = Segmenter(args.model, args.checkpoint, args.device, image_size=args.image_size,
-                        batch_size=args.batch_size)
-        _ = seg.engine  # load outside the timed job
-        if dev.type == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-        t0 = time.perf_counter()
-        res = seg.segment(paths["s"], paths["l"], paths["q"], labels=[1], mode=args.mode,
-                          matcher=args.matcher, bank_size=args.bank_size)
-        res.save(tmp / f"out_{args.mode}_{args.size}", overwrite=True)
-        wall = time.perf_counter() - t0
-        t = res.report.timings_s
-        rec.update({f"{k}_s": v for k, v in t.items() if k != "model_load"})
-        rec["total_s"] = round(wall, 3)
-        rec["slices_per_s"] = round(args.size / wall, 3)
-        rec["image_size"] = seg.engine.image_size
-        rec["precision"] = seg.engine.precision
-        rec["random_weights"] = seg.engine.describe()["random_weights"]
-    rec["peak_rss_mb"] = round(peak_rss_mb(), 1)
-    if dev.type == "cuda":
-        rec["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    paths["jpg"].mkdir(exist_ok=True)
+    for i, f in enumerate(volume_to_frames(q_img).frames):  # the frames medseg sees
+        Image.fromarray((f * 255).astype(np.uint8)).convert("RGB").save(
+            paths["jpg"] / f"{i:05d}.jpg", quality=95)
+    return paths
+
+
+def run_medseg(args, paths: dict, size: int, mode: str, ckpt: Path, tmp: Path) -> dict:
+    out = tmp / f"out_{mode}_{size}"
+    cmd = [sys.executable, "-m", "medseg.cli", "-q", "segment", "-s", str(paths["s"]), "-l",
+           str(paths["l"]), "-i", str(paths["q"]), "-o", str(out), "--overwrite", "--checkpoint",
+           str(ckpt), "--device", args.device, "--mode", mode, "--labels", "1", "--batch-size",
+           str(args.batch_size), "--bank-size", str(args.bank_size), "--no-download"]
+    cmd += ["--image-size", str(args.image_size)] if args.image_size else []
+    cmd += ["--compile"] if args.compile else []
+    wall, rss, _, _ = timed(cmd, os.environ.copy())
+    rep = json.loads((out / f"q{size}_report.json").read_text())
+    rec = {"slices": size, "mode": mode, "total_s": round(wall, 3),
+           "slices_per_s": round(size / wall, 3), "peak_rss_mb": round(rss, 1)}
+    rec.update({f"{k}_s": v for k, v in rep["timings_s"].items()})
+    eng = rep["engine"]
+    rec.update(image_size=eng["image_size"], precision=eng["precision"],
+               batch_size=eng["batch_size"], peak_gpu_mb=eng.get("gpu_peak_mb"),
+               compile_warmup_s=(eng.get("compiled") or {}).get("warmup_s"))
     return rec
 
 
-def raw_sam2(args, query_path: Path, dev) -> dict:
-    """Stock sam2: JPEG folder -> init_state -> add_new_mask -> propagate_in_video (timed)."""
-    import torch
-    from PIL import Image
+def run_raw(args, paths: dict, size: int, ckpt: Path, image_size: int) -> dict:
+    from medseg.checkpoints import MODELS
+    from medseg.engine import select_device
 
-    from medseg.checkpoints import MODELS, load_state_dict
-    from medseg.frames import volume_to_frames
-    from medseg.io import read_image
-
-    stack = volume_to_frames(read_image(query_path))
-    folder = Path(args.tmp) / f"jpg{args.size}"
-    folder.mkdir(exist_ok=True)
-    for i, f in enumerate(stack.frames):
-        Image.fromarray((f * 255).astype(np.uint8)).convert("RGB").save(folder / f"{i:05d}.jpg",
-                                                                        quality=95)
-    from sam2.build_sam import build_sam2_video_predictor
-
-    image_size = args.image_size or load_state_dict(args.checkpoint)[1].get("image_size", 1024)
-    over = [f"++model.image_size={image_size}"] if image_size != 1024 else []
-    pred = build_sam2_video_predictor(MODELS[args.model].config, str(args.checkpoint),
-                                      device=str(dev), hydra_overrides_extra=over)
-    ctx = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else _null()
-    with torch.inference_mode(), ctx:
-        t0 = time.perf_counter()
-        state = pred.init_state(str(folder), offload_video_to_cpu=args.size > 200)
-        t_init = time.perf_counter() - t0
-        mask = np.zeros(stack.frames.shape[1:], bool)
-        h, w = mask.shape
-        mask[h // 3 : h // 2, w // 2 : 3 * w // 4] = True
-        pred.add_new_mask(state, 0, 1, mask)
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        for _ in pred.propagate_in_video(state):
-            pass
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-        t_prop = time.perf_counter() - t0
-    return {"raw_init_state_s": round(t_init, 3), "raw_propagate_s": round(t_prop, 3),
-            "raw_frames_per_s": round(args.size / t_prop, 3), "image_size": image_size}
+    dev = str(select_device(args.device))
+    cmd = [sys.executable, "-c", RAW, MODELS[args.model].config, str(ckpt), str(image_size),
+           str(paths["jpg"]), dev]
+    wall, rss, out, _ = timed(cmd, {**os.environ, "TQDM_DISABLE": "1"})
+    r = json.loads(next(ln for ln in out.splitlines() if ln.startswith("RESULT "))[7:])
+    return {"slices": size, "mode": "raw sam2", "total_s": round(wall, 3),
+            "slices_per_s": round(size / wall, 3), "peak_rss_mb": round(rss, 1),
+            "raw_build_s": round(r["build_s"], 3), "raw_init_state_s": round(r["init_state_s"], 3),
+            "raw_propagate_s": round(r["propagate_s"], 3),
+            "raw_propagate_frames_per_s": round(size / r["propagate_s"], 3),
+            "peak_gpu_mb": None if r["gpu_peak_mb"] is None else round(r["gpu_peak_mb"], 1),
+            "image_size": image_size}
 
 
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
+COLS = ["slices", "mode", "total_s", "slices_per_s", "speedup_vs_raw", "load_s", "frames_s",
+        "support_s", "match_s", "propagate_s", "postprocess_s", "write_s", "model_load_s",
+        "raw_build_s", "raw_init_state_s", "raw_propagate_s", "raw_propagate_frames_per_s",
+        "peak_rss_mb", "peak_gpu_mb", "compile_warmup_s"]
 
 
 def main() -> None:
@@ -163,18 +180,11 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--bank-size", type=int, default=16)
     ap.add_argument("--modes", default="pair,volume")
-    ap.add_argument("--matcher", default="sam2")
+    ap.add_argument("--compile", action="store_true")
     ap.add_argument("--no-raw", action="store_true")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/speed"))
-    ap.add_argument("--tag", default=None, help="file name tag (default: cpu or the GPU name)")
-    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--size", type=int, help=argparse.SUPPRESS)
-    ap.add_argument("--mode", help=argparse.SUPPRESS)
-    ap.add_argument("--tmp", help=argparse.SUPPRESS)
+    ap.add_argument("--tag", default=None, help="file name tag (default: cpu-<size> or the GPU)")
     args = ap.parse_args()
-    if args.worker:
-        print("RESULT " + json.dumps(worker(args)))
-        return
 
     import torch
 
@@ -186,53 +196,41 @@ def main() -> None:
     if args.image_size is None and args.checkpoint is None:
         args.image_size = 1024 if dev.type == "cuda" else 256
     tmp = Path(tempfile.mkdtemp(prefix="medseg-speed-"))
-    ckpt = args.checkpoint or build_random_checkpoint(tmp / "random.pt", args.model,
-                                                      args.image_size or 1024, 0, 5.0)
-    modes = [m for m in args.modes.split(",") if m] + ([] if args.no_raw else ["raw"])
+    ckpt = Path(args.checkpoint or build_random_checkpoint(
+        tmp / "random.pt", args.model, args.image_size or 1024, 0, 5.0))
     rows = []
     for size in [int(s) for s in args.sizes.split(",")]:
-        for mode in modes:
-            cmd = [sys.executable, __file__, "--worker", "--size", str(size), "--mode", mode,
-                   "--tmp", str(tmp), "--hw", str(args.hw), "--device", args.device, "--model",
-                   args.model, "--checkpoint", str(ckpt), "--batch-size", str(args.batch_size),
-                   "--bank-size", str(args.bank_size), "--matcher", args.matcher]
-            if args.image_size:
-                cmd += ["--image-size", str(args.image_size)]
-            r = subprocess.run(cmd, capture_output=True, text=True, env=os.environ)
-            line = [ln for ln in r.stdout.splitlines() if ln.startswith("RESULT ")]
-            if r.returncode or not line:
-                print(r.stderr[-3000:], file=sys.stderr)
-                raise SystemExit(f"worker failed: size {size} mode {mode}")
-            rec = json.loads(line[0][7:])
-            rows.append(rec)
-            print(f"{size:5d} {mode:7s} " + ", ".join(f"{k}={v}" for k, v in rec.items()
-                                                      if k.endswith(("_s", "_mb"))), file=sys.stderr)
-    raw = {r["slices"]: r["raw_frames_per_s"] for r in rows if r["mode"] == "raw"}
-    for r in rows:
-        if r["mode"] != "raw" and r["slices"] in raw:
-            r["ratio_to_raw_sam2"] = round(r["slices_per_s"] / raw[r["slices"]], 3)
-    tag = args.tag or ("cpu" if dev.type != "cuda" else torch.cuda.get_device_name(0)
-                       .lower().replace(" ", "-"))
+        paths = prepare(tmp, size, args.hw)
+        group = [run_medseg(args, paths, size, m, ckpt, tmp) for m in args.modes.split(",") if m]
+        if not args.no_raw:
+            raw = run_raw(args, paths, size, ckpt, group[0]["image_size"] if group else
+                          args.image_size)
+            for r in group:
+                r["speedup_vs_raw"] = round(raw["total_s"] / r["total_s"], 3)
+            group.append(raw)
+        for r in group:
+            print(f"{size:5d} {r['mode']:9s} " + ", ".join(
+                f"{k}={r[k]}" for k in COLS[2:] if r.get(k) is not None), file=sys.stderr)
+        rows += group
+    gpu = torch.cuda.get_device_name(dev) if dev.type == "cuda" else None
+    tag = args.tag or (gpu.lower().replace(" ", "-") if gpu else f"cpu-{args.image_size}")
     args.out.mkdir(parents=True, exist_ok=True)
-    meta = {"versions": versions(), "machine": machine(), "device": str(dev),
+    meta = {"versions": versions(), "machine": machine(), "device": str(dev), "gpu": gpu,
             "checkpoint": "random weights (timing only)" if not args.checkpoint else str(ckpt),
             "checkpoint_sha256": sha256(ckpt) if args.checkpoint else None,
-            "args": {k: str(v) for k, v in vars(args).items() if k not in ("worker", "size",
-                                                                           "mode", "tmp")},
-            "rows": rows}
+            "args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}
     (args.out / f"speed_{tag}.json").write_text(json.dumps(meta, indent=2))
-    cols = ["slices", "mode", "load_s", "frames_s", "support_s", "match_s", "propagate_s",
-            "postprocess_s", "write_s", "total_s", "slices_per_s", "raw_frames_per_s",
-            "ratio_to_raw_sam2", "peak_rss_mb", "peak_gpu_mb"]
     with open(args.out / f"speed_{tag}.csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=cols, extrasaction="ignore")
+        w = csv.DictWriter(fh, fieldnames=COLS, extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
-    print(f"device {dev}, model {args.model}, image size {rows[0].get('image_size')}, "
-          f"{args.hw}x{args.hw} slices")
-    print(" ".join(f"{c:>13s}" for c in cols))
+    print(f"device {dev}{f' ({gpu})' if gpu else ''}, model {args.model}, image size "
+          f"{rows[0].get('image_size')}, {args.hw}x{args.hw} slices, batch {args.batch_size}")
+    show = ["slices", "mode", "total_s", "slices_per_s", "speedup_vs_raw", "propagate_s",
+            "raw_propagate_frames_per_s", "peak_rss_mb", "peak_gpu_mb"]
+    print(" | ".join(show))
     for r in rows:
-        print(" ".join(f"{str(r.get(c, '')):>13s}" for c in cols))
+        print(" | ".join(str(r.get(c, "")) for c in show))
 
 
 if __name__ == "__main__":

@@ -114,6 +114,17 @@ class _Collector:
                             {k: round(v, 4) for k, v in timings.items()}, self.logits)
 
 
+@dataclass
+class _BankState:
+    """What the engine keeps of one support bank (see :meth:`Sam2Engine._bank`)."""
+
+    images: np.ndarray
+    features: dict[int, dict] = field(default_factory=dict)  # member -> encoder output
+    prompts: dict[int, dict[int, dict]] = field(default_factory=dict)  # member -> object -> out
+    prompt_key: tuple | None = None  # (masks, frame size) the prompts were encoded for
+    prompt_masks: np.ndarray | None = None
+
+
 class FeatureStore:
     """Image-encoder features of a stack of frames, computed in batches.
 
@@ -186,7 +197,7 @@ class Sam2Engine:
 
     def __init__(self, model: str = "tiny", checkpoint: str | None = None, device: str = "auto",
                  image_size: int | None = None, batch_size: int = 8, precision: str = "auto",
-                 allow_download: bool = True, progress: bool = True):
+                 allow_download: bool = True, progress: bool = True, compile: bool = False):
         import torch
 
         if precision not in ("auto", "bf16", "fp32"):
@@ -203,6 +214,7 @@ class Sam2Engine:
                               else self.checkpoint_meta.get("image_size", 1024))
         self.batch_size = max(1, int(batch_size))
         self.prune = True  # drop outputs beyond SAM2's memory reach (exact; tested)
+        self._banks: dict[int, _BankState] = {}  # see _bank
         t0 = time.perf_counter()
         self.predictor = build_predictor(spec.config, path, self.device, self.image_size)
         self.load_seconds = time.perf_counter() - t0
@@ -210,6 +222,21 @@ class Sam2Engine:
         use_bf16 = self.device.type == "cuda" and (
             precision == "bf16" or (precision == "auto" and torch.cuda.is_bf16_supported()))
         self.precision = "bf16" if use_bf16 else "fp32"
+        self.compiled: dict | None = self._compile() if compile else None
+
+    def _compile(self) -> dict:
+        """``torch.compile`` the image encoder (fixed input size), warmed up here at the
+        encoder batch size; returns the warm-up cost for the report."""
+        import torch
+
+        t0 = time.perf_counter()
+        enc = self.predictor.image_encoder
+        enc.forward = torch.compile(enc.forward, dynamic=False)
+        dummy = np.zeros((self.batch_size, 64, 64), np.float32)
+        self.encode(dummy)
+        self.encode(dummy[:1])  # the last, smaller batch of a volume
+        return {"what": "image encoder (torch.compile, default mode)",
+                "warmup_s": round(time.perf_counter() - t0, 2)}
 
     # -- bookkeeping ---------------------------------------------------------------------
     @property
@@ -218,10 +245,12 @@ class Sam2Engine:
             self._sha256 = sha256(self.checkpoint_path)
         return self._sha256
 
-    def describe(self) -> dict:
+    def describe(self, usage: bool = False) -> dict:
+        """The engine for reports; ``usage`` adds the peak GPU memory since the process
+        started (CUDA only)."""
         from ..checkpoints import provenance
 
-        return {
+        info = {
             "model": self.model_name, "checkpoint": str(self.checkpoint_path),
             "checkpoint_source": self.checkpoint_source,
             "checkpoint_sha256": self.checkpoint_sha256,
@@ -230,7 +259,13 @@ class Sam2Engine:
             "random_weights": bool(self.checkpoint_meta.get("random_weights", False)),
             "image_size": self.image_size, "device": str(self.device),
             "precision": self.precision, "batch_size": self.batch_size,
+            "compiled": self.compiled,
         }
+        if usage and self.device.type == "cuda":
+            import torch
+
+            info["gpu_peak_mb"] = round(torch.cuda.max_memory_allocated(self.device) / 2**20, 1)
+        return info
 
     def autocast(self):
         import torch
@@ -263,6 +298,30 @@ class Sam2Engine:
         """Like :meth:`encode`, in batches of ``batch_size``."""
         return [e for i in range(0, len(frames), self.batch_size)
                 for e in self.encode(frames[i : i + self.batch_size])]
+
+    def _bank(self, images: np.ndarray) -> _BankState:
+        """Encoder features and encoded prompts of a bank's members, kept while the same bank
+        is used again (a cohort reuses its support's bank for every query)."""
+        state = self._banks.get(id(images))
+        if state is None or state.images is not images:
+            if len(self._banks) >= 8:
+                self._banks.clear()
+            state = self._banks[id(images)] = _BankState(images)
+        return state
+
+    def prompts(self, images: np.ndarray, masks: np.ndarray, size: tuple[int, int]
+                ) -> dict[int, dict[int, dict]]:
+        """Encoded mask prompts (member -> object -> output) for these masks and frame size."""
+        state = self._bank(images)
+        if state.prompt_key != (id(masks), size) or state.prompt_masks is not masks:
+            state.prompts, state.prompt_key, state.prompt_masks = {}, (id(masks), size), masks
+        return state.prompts
+
+    def member_features(self, images: np.ndarray, members: Sequence[int]) -> dict[int, dict]:
+        feats = self._bank(images).features
+        todo = [m for m in members if m not in feats]
+        feats.update(zip(todo, self.encode_many(images[todo]) if todo else []))
+        return {m: feats[m] for m in members}
 
     def store(self, frames: np.ndarray, budget_mb: float = 0.0) -> FeatureStore:
         return FeatureStore(self, frames, budget_mb)
@@ -308,11 +367,11 @@ class Sam2Engine:
         to_match = matches is None
         members = range(len(bank_images)) if to_match else sorted(set(int(m) for m in matches))
         with t("encode"):
-            feats = dict(zip(members, self.encode_many(bank_images[list(members)])))
+            feats = self.member_features(bank_images, list(members))
         dist = np.zeros((n, len(bank_images)), np.float32) if to_match else None
         matches = np.zeros(n, np.int64) if to_match else np.asarray(matches, np.int64)
         bank_desc = self.descriptors(list(feats.values())) if to_match else None
-        conds: dict[int, dict[int, dict]] = {}
+        conds = self.prompts(bank_images, bank_masks, (h, w))
         e0 = store.encode_seconds
         for idx, entries in store.batches():
             if to_match:
