@@ -70,8 +70,15 @@ def expand_queries(specs: Sequence[str | os.PathLike]) -> list[Path]:
             out.append(p)
     if not out:
         raise InputError(f"no query scans found in {', '.join(map(str, specs))}")
-    seen: set[Path] = set()
-    return [q for q in out if not (q.resolve() in seen or seen.add(q.resolve()))]
+    seen: set[str] = set()
+    return [q for q in out if not (_key(q) in seen or seen.add(_key(q)))]
+
+
+def _key(p: Path) -> str:
+    try:
+        return str(p.resolve())
+    except (OSError, RuntimeError):  # a looping link: the reader reports it
+        return str(p)
 
 
 def _read_list(p: Path) -> list[Path]:

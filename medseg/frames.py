@@ -133,6 +133,10 @@ class FrameStack:
             raise ValueError(f"mask stack {masks.shape} does not match frames {self.frames.shape}")
         return from_canonical(frames_to_canonical(masks, self.axis), self.orientation)
 
+    def view_of(self, arr: np.ndarray) -> np.ndarray:
+        """An array in the source volume's (z, y, x) layout seen in frames layout (a view)."""
+        return canonical_to_frames(self.orientation.apply(arr), self.axis)
+
     def source_index(self, shape: tuple[int, int, int]) -> tuple[int, np.ndarray]:
         """(source array axis, source index of every frame) for a volume of ``shape`` (z, y, x).
 
@@ -183,13 +187,15 @@ def resample_frame(
     out_spacing: tuple[float, float],
     order: int = 1,
     cval: float = 0.0,
+    shift: tuple[float, float] = (0.0, 0.0),
 ) -> np.ndarray:
-    """Resample a 2D frame to another pixel grid at the same physical scale, centres aligned."""
+    """Resample a 2D frame to another pixel grid at the same physical scale; the input's
+    centre lands ``shift`` output pixels (rows, cols) from the output's centre."""
     from scipy import ndimage
 
     scale = np.asarray(out_spacing, float) / np.asarray(spacing, float)  # src px per dst px
     in_c = (np.asarray(frame.shape, float) - 1) / 2.0
-    out_c = (np.asarray(out_shape, float) - 1) / 2.0
+    out_c = (np.asarray(out_shape, float) - 1) / 2.0 + np.asarray(shift, float)
     offset = in_c - scale * out_c
     return ndimage.affine_transform(
         frame, scale, offset=offset, output_shape=tuple(out_shape), order=order,

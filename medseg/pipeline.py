@@ -24,14 +24,25 @@ from .errors import InputError, UsageError
 from .frames import FrameStack, parse_window, volume_to_frames
 from .io import Volume, check_finite, check_not_label, read_image
 from .labels import LabelPlan, check_name, make_plan
+from .locate import Correspondence, correspond, expected_frames
 from .match import make_matcher
-from .options import AXES, METHODS, MODALITIES, MODES, check_choice, check_int, check_range_syntax
+from .options import (
+    AXES,
+    METHODS,
+    MODALITIES,
+    MODES,
+    PLACEMENT,
+    PRESENCE,
+    check_choice,
+    check_int,
+    check_range_syntax,
+)
 from .postprocess import parse_range, postprocess
 from .propagate import Matching, Propagation, Sam2Pairs, Sam2Volume, Transfer
 from .report import FrameRecord, GroupRecord, Report
 from .result import Result
 from .segmentations import SupportLabel, read_support_label
-from .support import SupportGroup, prepare_support
+from .support import SupportGroup, counterpart, position_prior, prepare_support
 
 ImageInput = "str | os.PathLike | Volume"
 
@@ -49,7 +60,9 @@ class SegmentConfig:
     window: str | None = None
     modality: str = "auto"
     support_slice: int | None = None
-    shots: int = 1
+    shots: int = 0  # 0: every labelled slice the label offers (up to 16); 1: 1-shot; k
+    presence: str = "auto"  # "auto": empty masks outside the structure's expected extent
+    placement: str = "auto"  # in-plane: "auto" (world if shared, else search), ...
     bank: BankConfig = field(default_factory=BankConfig)
     keep_largest: bool = False
     fill_holes: bool = False
@@ -66,7 +79,9 @@ class SegmentConfig:
         check_choice(self.modality, MODALITIES, "modality")
         matcher = self.matcher or ("sam2" if self.method == "sam2" else "ncc")
         make_matcher(matcher)  # validates the name only
-        check_int(self.shots, "shots", 1)
+        check_int(self.shots, "shots", 0)
+        check_choice(self.presence, PRESENCE, "presence")
+        check_choice(self.placement, PLACEMENT, "placement")
         check_int(self.bank.seed, "seed", 0, 2**31 - 1)
         if self.support_slice is not None:
             check_int(self.support_slice, "support_slice", 0)
@@ -152,21 +167,22 @@ def cut_frames(inputs: Inputs, cfg: SegmentConfig) -> Frames:
                   volume_to_frames(inputs.support, cfg.axis, cfg.modality, window))
 
 
-def plan_support(inputs: Inputs, frames: Frames, cfg: SegmentConfig
-                 ) -> tuple[LabelPlan, list[SupportGroup]]:
+def plan_support(inputs: Inputs, frames: Frames, cfg: SegmentConfig, corr: Correspondence,
+                 banks: dict | None = None) -> tuple[LabelPlan, list[SupportGroup]]:
     plan = make_plan(inputs.label.segments, cfg.labels, cfg.names, f"support label "
                      f"{inputs.label.path or ''}".strip())
     groups = prepare_support(frames.support, inputs.support, inputs.label, plan, frames.query,
-                             cfg.bank, cfg.shots, cfg.support_slice)
+                             cfg.bank, cfg.shots, cfg.support_slice, corr, cfg.placement, banks)
     return plan, groups
 
 
 class SupportCache:
-    """The support read once and its banks built once per query grid (for cohorts)."""
+    """The support read once, and its slice banks kept for reuse (a cohort's queries on the
+    same grid with the same placement reuse a bank, and with it the bank's encodings)."""
 
     def __init__(self) -> None:
         self._inputs: dict[str, tuple[Volume, SupportLabel]] = {}
-        self._groups: dict[str, tuple[LabelPlan, list[SupportGroup]]] = {}
+        self.banks: dict = {}
 
     def support(self, support: Any, label: Any, cfg: SegmentConfig) -> tuple[Volume, SupportLabel]:
         if isinstance(support, Volume) or isinstance(label, Volume):
@@ -174,18 +190,8 @@ class SupportCache:
         key = repr((str(support), str(label), cfg.support_series, cfg.resample_label))
         if key not in self._inputs:
             self._inputs = {key: load_support(support, label, cfg)}  # one support at a time
+            self.banks = {}
         return self._inputs[key]
-
-    def plan(self, inputs: Inputs, frames: Frames, cfg: SegmentConfig
-             ) -> tuple[LabelPlan, list[SupportGroup]]:
-        q = frames.query
-        key = repr((id(inputs.label), q.frames.shape[1:], q.spacing[1:], cfg.axis, cfg.modality,
-                    cfg.window, cfg.labels, cfg.names, cfg.bank, cfg.shots, cfg.support_slice))
-        if key not in self._groups:
-            if len(self._groups) > 8:
-                self._groups.clear()
-            self._groups[key] = plan_support(inputs, frames, cfg)
-        return self._groups[key]
 
 
 @dataclass
@@ -206,10 +212,15 @@ class Methods:
             return cls(matcher, Sam2Pairs(engine, store), cfg.matcher == "sam2")
         return cls(matcher, Sam2Volume(engine, store), False)
 
-    def match(self, query: np.ndarray, group: SupportGroup) -> Matching:
-        if self.inline_match:
-            return Matching()
-        return Matching(self.matcher.distances(query, group.bank.images))
+    def match(self, query: np.ndarray, group: SupportGroup, corr: Correspondence,
+              run: np.ndarray) -> Matching:
+        """Distances (unless matched inside the propagation), the position prior, the frames
+        to run and where the support goes in (volume mode)."""
+        prior = position_prior(group, corr, len(query))
+        insert = counterpart(corr, group.frames[len(group.frames) // 2], len(query)) \
+            if corr.usable else None
+        dist = None if self.inline_match else self.matcher.distances(query, group.bank.images)
+        return Matching(dist, prior, run, insert)
 
 
 @dataclass
@@ -250,31 +261,60 @@ def run(support: Any, support_label: Any, query: Any, cfg: SegmentConfig,
         inputs = Inputs(s, label, load_query(query, cfg))
     with t("frames"):
         frames = cut_frames(inputs, cfg)
+    with t("locate"):
+        corr = correspond(inputs.query, inputs.support, frames.query, frames.support)
     with t("support"):
-        plan, groups = cache.plan(inputs, frames, cfg)
+        plan, groups = plan_support(inputs, frames, cfg, corr, cache.banks)
     eng = engine() if cfg.needs_model and engine is not None else None
     if cfg.needs_model and eng is None:
         raise UsageError("this configuration needs a SAM2 model (method or matcher sam2)")
     methods = Methods.build(cfg, frames, eng, feature_cache_mb if cfg.mode == "volume" else 0.0)
     q = frames.query.frames
     bar = _progress(progress, len(q) * len(groups))
-    props = []
+    props, expected = [], []
     for g in groups:
+        exp = presence_prior(g, corr, len(q), cfg.presence)
         with t("match"):
-            matching = methods.match(q, g)
+            matching = methods.match(q, g, corr, exp.any(axis=1))
         with t("propagate"):
-            props.append(methods.propagator.run(q, g, matching, bar.update))
+            props.append(apply_presence(methods.propagator.run(q, g, matching, bar.update), exp))
+        expected.append(exp)
     bar.close()
     combined = combine(props, groups, len(plan), q.shape)
     with t("postprocess"):
         lab = postprocess(combined.labels, plan.output_values, keep_largest=cfg.keep_largest,
                           holes=cfg.fill_holes, frame_range=parse_range(cfg.z_range, len(q)))
-    return assemble(inputs, frames, plan, groups, combined, lab, cfg, eng, t)
+    return assemble(inputs, frames, plan, groups, combined, lab, cfg, eng, t,
+                    Located(corr, expected))
+
+
+@dataclass
+class Located:
+    """What the pipeline knew about where each structure is."""
+
+    corr: Correspondence
+    expected: list[np.ndarray]  # per group: (n, K) bool, frames where each structure may be
+
+
+def presence_prior(group: SupportGroup, corr: Correspondence, n: int, presence: str) -> np.ndarray:
+    """(n, K): per structure of the group, the frames where it is expected (presence
+    ``auto``: through the slice correspondence; ``off`` or no correspondence: all)."""
+    if presence == "off":
+        return np.ones((n, len(group.entries)), bool)
+    return np.stack([expected_frames(corr, lab) for lab in group.labelled], axis=1)
+
+
+def apply_presence(p: Propagation, expected: np.ndarray) -> Propagation:
+    """Empty masks where a structure is not expected."""
+    for k in range(expected.shape[1]):
+        p.labels[~expected[:, k]] = np.where(p.labels[~expected[:, k]] == k + 1, 0,
+                                             p.labels[~expected[:, k]])
+    return p
 
 
 def assemble(inputs: Inputs, frames: Frames, plan: LabelPlan, groups: list[SupportGroup],
              combined: Combined, labels: np.ndarray, cfg: SegmentConfig, eng: Any,
-             t: Timer) -> Result:
+             t: Timer, located: Located) -> Result:
     """The labelmap on the query's exact grid and the report."""
     q = inputs.query
     vol = Volume(frames.query.to_volume_array(labels).astype(plan.dtype), q.spacing, q.origin,
@@ -286,8 +326,9 @@ def assemble(inputs: Inputs, frames: Frames, plan: LabelPlan, groups: list[Suppo
     report = Report(
         config=_config_dict(cfg), inputs=_inputs_dict(inputs, frames, cfg),
         segments=plan.as_list(), support_groups=_group_records(groups, combined.props),
-        per_frame=_frame_records(frames.query, q, labels, plan, combined), timings_s=timings,
-        engine=eng.describe(usage=True) if eng is not None else None)
+        per_frame=_frame_records(frames.query, q, labels, plan, combined, groups, located),
+        timings_s=timings, engine=eng.describe(usage=True) if eng is not None else None,
+        location=located.corr.describe())
     return Result(vol, plan, report, frames.query, labels, groups, matches, combined.scores,
                   dict(q.meta))
 
@@ -316,21 +357,27 @@ def _source(v: Volume) -> dict:
 
 def _group_records(groups: list[SupportGroup], props: list[Propagation]) -> list[GroupRecord]:
     return [GroupRecord(g.slices, [e.support_value for e in g.entries], g.outputs, len(g.bank),
-                        g.bank.params, p.info or {}) for g, p in zip(groups, props)]
+                        g.bank.params, {**(p.info or {}), "placement": g.placement})
+            for g, p in zip(groups, props)]
 
 
 def _frame_records(stack: FrameStack, q: Volume, labels: np.ndarray, plan: LabelPlan,
-                   c: Combined) -> list[FrameRecord]:
+                   c: Combined, groups: list[SupportGroup], located: Located) -> list[FrameRecord]:
     _, q_index = stack.source_index(q.shape)
     areas = np.stack([np.count_nonzero(labels == v, axis=(1, 2)) for v in plan.output_values], 1)
+    expected = np.zeros((len(stack), len(plan)), bool)
+    for g, exp in zip(groups, located.expected):
+        expected[:, [o - 1 for o in g.outputs]] = exp
+    pos = located.corr.support_pos
     rows = []
     for i in range(len(stack)):
         members = [int(p.members[i]) for p in c.props]
-        dist = [None if p.distances is None else round(float(p.distances[i, m]), 6)
-                for p, m in zip(c.props, members)]
+        dist = [None if p.distances is None or m < 0 or np.isnan(p.distances[i, m])
+                else round(float(p.distances[i, m]), 6) for p, m in zip(c.props, members)]
         score = [None if np.isnan(s) else round(float(s), 4) for s in c.scores[i]]
         rows.append(FrameRecord(i, int(q_index[i]), members, dist, score,
-                                [int(a) for a in areas[i]]))
+                                [int(a) for a in areas[i]], [bool(x) for x in expected[i]],
+                                None if np.isnan(pos[i]) else round(float(pos[i]), 2)))
     return rows
 
 

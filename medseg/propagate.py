@@ -33,7 +33,9 @@ class Matching:
     """A group's matches: distances (n, M) or, when matched inside the propagator, None."""
 
     distances: np.ndarray | None = None
-    prior: np.ndarray | None = None  # (n, M) added to SAM2-feature distances matched inline
+    prior: np.ndarray | None = None  # (n, M) added to the distances (position prior)
+    run: np.ndarray | None = None  # (n,) bool: frames worth running (None: all)
+    insert_at: int | None = None  # volume mode: the query frame the support corresponds to
 
     @property
     def members(self) -> np.ndarray | None:
@@ -93,15 +95,33 @@ class Sam2Pairs:
         self.engine, self.store = engine, store
 
     def run(self, query, group, matching, progress=None) -> Propagation:
+        n, k = len(query), len(group.entries)
+        sub = np.arange(n) if matching.run is None else np.nonzero(matching.run)[0]
+        full = len(sub) == n
+        members = matching.members
+        if progress and not full:
+            progress(n - len(sub))  # frames known to be empty count as done
+        if not len(sub):
+            return _empty(n, k, query.shape[1:], matching, {"frames_run": 0})
+
         def call(store, offload):  # pair clips hold no long-lived state to offload
-            return self.engine.run_pairs(query, group.bank.images, group.bank.masks,
-                                         matching.members, prior=matching.prior, store=store,
-                                         progress=progress)
+            return self.engine.run_pairs(
+                query[sub], group.bank.images, group.bank.masks,
+                None if members is None else members[sub],
+                prior=None if matching.prior is None else matching.prior[sub],
+                store=store if full else None, progress=progress)
 
         out = with_oom_retry(self.engine, call, self.store)
-        dist = matching.distances if out.distances is None else out.distances
-        return Propagation(out.labels, out.object_scores, out.matches, dist,
-                           {"engine_timings_s": out.timings})
+        labels = np.zeros(query.shape, out.labels.dtype)
+        scores = np.full((n, k), np.nan, np.float32)
+        got = np.full(n, -1)
+        labels[sub], scores[sub], got[sub] = out.labels, out.object_scores, out.matches
+        dist = matching.distances
+        if out.distances is not None:
+            dist = np.full((n, out.distances.shape[1]), np.nan, np.float32)
+            dist[sub] = out.distances
+        return Propagation(labels, scores, got, dist, {"engine_timings_s": out.timings,
+                                                       "frames_run": int(len(sub))})
 
 
 class Sam2Volume:
@@ -113,25 +133,46 @@ class Sam2Volume:
         self.engine, self.store = engine, store
 
     def run(self, query, group, matching, progress=None) -> Propagation:
-        fi, mi = insertion(matching)
+        n, k = len(query), len(group.entries)
+        run = np.ones(n, bool) if matching.run is None else matching.run
+        if not run.any():
+            return _empty(n, k, query.shape[1:], matching, {"frames_run": 0})
+        a, b = int(np.argmax(run)), int(n - np.argmax(run[::-1]))  # one contiguous stretch
+        fi, mi = insertion(matching, a, b)
         bank = group.bank
+        if progress and b - a < n:
+            progress(n - (b - a))
 
         def call(store, offload):
-            return self.engine.run_volume(query, bank.images[mi], bank.masks[mi], fi,
-                                          store=store, offload_state=offload, progress=progress)
+            return self.engine.run_volume(
+                query[a:b], bank.images[mi], bank.masks[mi], fi - a,
+                store=None if store is None else store.window(a, b), offload_state=offload,
+                progress=progress)
 
         out = with_oom_retry(self.engine, call, self.store)
+        labels = np.zeros(query.shape, out.labels.dtype)
+        scores = np.full((n, k), np.nan, np.float32)
+        labels[a:b], scores[a:b] = out.labels, out.object_scores
         info = {"engine_timings_s": out.timings, "inserted_before_frame": fi,
-                "inserted_member": mi}
-        return Propagation(out.labels, out.object_scores, np.full(len(query), mi),
-                           matching.distances, info)
+                "inserted_member": mi, "frames_run": b - a}
+        return Propagation(labels, scores, np.full(n, mi), matching.distances, info)
 
 
-def insertion(matching: Matching) -> tuple[int, int]:
-    """(query frame, member) of the globally closest pair: where the support goes in."""
+def _empty(n: int, k: int, shape, matching: Matching, info: dict) -> Propagation:
+    return Propagation(np.zeros((n, *shape), np.uint8), np.full((n, k), np.nan, np.float32),
+                       np.full(n, -1), matching.distances, info)
+
+
+def insertion(matching: Matching, start: int = 0, stop: int | None = None) -> tuple[int, int]:
+    """(query frame, member) where the support goes in: the frame the support slice
+    corresponds to, with its closest member; else the closest pair overall."""
     d = matching.distances if matching.prior is None else matching.distances + matching.prior
-    fi, mi = np.unravel_index(int(np.argmin(d)), d.shape)
-    return int(fi), int(mi)
+    stop = len(d) if stop is None else stop
+    if matching.insert_at is not None and start <= matching.insert_at < stop:
+        fi = matching.insert_at
+        return fi, int(np.argmin(d[fi]))
+    fi, mi = np.unravel_index(int(np.argmin(d[start:stop])), d[start:stop].shape)
+    return int(fi) + start, int(mi)
 
 
 def with_oom_retry(engine: Any, call: Callable, store: Any) -> Any:

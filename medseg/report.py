@@ -52,6 +52,8 @@ class FrameRecord:
     distance: list[float | None]
     object_score: list[float | None]
     area_px: list[int]
+    expected: list[bool]  # per output label: inside the structure's expected extent
+    support_position: float | None  # corresponding support frame (slice correspondence)
 
 
 @dataclass
@@ -77,6 +79,7 @@ class Report:
     per_frame: list[FrameRecord]
     timings_s: dict[str, float]
     engine: dict | None = None
+    location: dict = field(default_factory=dict)  # correspondence, shared frame, evidence
     medseg_version: str = __version__
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     versions: dict = field(default_factory=versions)

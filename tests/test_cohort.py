@@ -100,11 +100,16 @@ def test_segment_many_and_support_reuse(cohort, random_checkpoint):
     files, qdir, _ = cohort
     seg = Segmenter("tiny", random_checkpoint, "cpu", batch_size=4)
     qs = [qdir / "case0.nii.gz", qdir / "case1.nii.gz"]
-    res = list(seg.segment_many(files["s"], files["l"], qs, labels=[1], bank_size=2))
+    res = list(seg.segment_many(files["s"], files["l"], qs, labels=[1], bank_size=2,
+                                placement="centre"))
     assert [r.labels.shape for r in res] == [read_image(q).shape for q in qs]
-    # the second query reused the support, its bank and the bank's encodings
+    # same grid, same placement: the second query reused the support, its bank and the
+    # bank's encodings
     assert res[1].report.timings_s["support"] < res[0].report.timings_s["support"]
     assert res[0].groups[0].bank is res[1].groups[0].bank
+    placed = list(seg.segment_many(files["s"], files["l"], qs, labels=[1], bank_size=2))
+    moved = [r.groups[0].placement[0]["shift_px"] for r in placed]
+    assert moved[0] != moved[1] and placed[0].groups[0].bank is not placed[1].groups[0].bank
 
 
 @pytest.mark.slow
@@ -140,9 +145,14 @@ def test_monai_dictionary_transform(cohort):
     np.testing.assert_allclose(vol.origin, ref.origin, atol=1e-4)
     np.testing.assert_allclose(vol.direction, ref.direction, atol=1e-5)
     assert vol.array.shape == ref.shape and vol.array.any()
-    direct = SegmentFromSupportd("image", files["s"], files["l"], method="transfer",
-                                 bank_size=1)({"image": str(q)})
-    np.testing.assert_array_equal(np.asarray(direct["image_seg"]), np.asarray(seg))
+    from medseg.api import Segmenter
+
+    direct = Segmenter().segment(files["s"], files["l"], metatensor_to_volume(out["image"]),
+                                 method="transfer", bank_size=1)
+    np.testing.assert_array_equal(np.asarray(seg)[0], direct.labels.array.transpose(2, 1, 0))
+    by_path = SegmentFromSupportd("image", files["s"], files["l"], method="transfer",
+                                  bank_size=1)({"image": str(q)})["image_seg"]
+    assert by_path.shape == seg.shape
 
 
 def test_outputs_valid_checks_content(tmp_path, cohort):

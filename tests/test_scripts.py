@@ -24,9 +24,11 @@ def test_speed_benchmark_tiny(tmp_path):
     assert "slices_per_s" in out
     data = json.loads((tmp_path / "speed_t.json").read_text())
     modes = {r["mode"] for r in data["rows"]}
-    assert modes == {"pair", "volume", "raw"}
+    assert modes == {"pair", "volume", "raw sam2"}
     pair = next(r for r in data["rows"] if r["mode"] == "pair")
-    assert pair["ratio_to_raw_sam2"] > 0 and pair["peak_rss_mb"] > 0
+    raw = next(r for r in data["rows"] if r["mode"] == "raw sam2")
+    assert pair["speedup_vs_raw"] == round(raw["total_s"] / pair["total_s"], 3)
+    assert pair["peak_rss_mb"] > 100 and raw["raw_propagate_s"] > 0 and pair["propagate_s"] > 0
     assert "machine" in data and (tmp_path / "speed_t.csv").is_file()
 
 

@@ -170,6 +170,12 @@ class FeatureStore:
                     self.used_mb += size
             yield idx, [self._kept.get(i) or new[i] for i in idx]
 
+    def window(self, start: int, stop: int) -> FeatureStore:
+        """The frames ``start:stop`` as a store of their own, with what is kept of them."""
+        sub = FeatureStore(self.engine, self.frames[start:stop], 0.0)
+        sub._kept = {i - start: e for i, e in self._kept.items() if start <= i < stop}
+        return sub
+
     def get(self, i: int, ahead: Sequence[int] = ()) -> dict:
         """Features of frame ``i`` (kept, prefetched, or encoded now with ``ahead``)."""
         if i in self._kept:
