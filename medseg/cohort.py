@@ -277,7 +277,8 @@ def run_on_ray(segmenter_kwargs: dict, job: Job, queries: Sequence[Path], stems:
         gpus = ray.cluster_resources().get("GPU", 0)
         on_gpu = gpus >= 1 and segmenter_kwargs.get("device") in ("auto", "cuda", "gpu")
         worker_cls = ray.remote(num_gpus=1)(_RayWorker) if on_gpu else ray.remote(_RayWorker)
-        actors = [worker_cls.remote(segmenter_kwargs, job) for _ in range(workers)]
+        threads = None if address or on_gpu else max(1, (os.cpu_count() or 1) // workers)
+        actors = [worker_cls.remote(segmenter_kwargs, job, threads) for _ in range(workers)]
         pool = ray.util.ActorPool(actors)
         rows = []
         for row in pool.map_unordered(lambda a, qs: a.run.remote(*qs), list(zip(queries, stems))):
@@ -294,9 +295,13 @@ def run_on_ray(segmenter_kwargs: dict, job: Job, queries: Sequence[Path], stems:
 class _RayWorker:
     """One model per worker process."""
 
-    def __init__(self, segmenter_kwargs: dict, job: Job):
+    def __init__(self, segmenter_kwargs: dict, job: Job, threads: int | None = None):
         from .api import Segmenter
 
+        if threads:  # the local machine's cores shared among its workers
+            import torch
+
+            torch.set_num_threads(threads)
         self.runner = CohortRunner(Segmenter(**segmenter_kwargs), job)
 
     def run(self, query: Path, stem: str) -> dict:
