@@ -82,15 +82,45 @@ def shared_frame(query: Volume, support: Volume, q_frames: FrameStack, s_frames:
     ev: dict = {"world_overlap": round(overlap, 3)}
     if overlap < MIN_OVERLAP:
         return False, ev
-    s_norm = s_frames.to_volume_array(s_frames.frames)
-    moving = support.with_array(s_norm.astype(np.float32)).to_sitk()
-    res = sitk.Resample(moving, query.to_sitk(), sitk.Transform(), sitk.sitkLinear, -1.0,
-                        sitk.sitkFloat32)
-    warped = sitk.GetArrayFromImage(res)
-    qn = q_frames.to_volume_array(q_frames.frames)
-    inside = warped >= 0
-    ev["image_ncc"] = round(_ncc(qn[inside], warped[inside]), 3) if inside.sum() > 100 else None
-    return bool(ev["image_ncc"] is not None and ev["image_ncc"] >= SHARED_NCC), ev
+    grid = _coarse_grid(query)  # the query's space at about 4 mm: cheap and enough
+    q_norm = query.with_array(q_frames.to_volume_array(q_frames.frames).astype(np.float32))
+    s_norm = support.with_array(s_frames.to_volume_array(s_frames.frames).astype(np.float32))
+    qa, sa = (sitk.GetArrayFromImage(sitk.Resample(v.to_sitk(), grid, sitk.Transform(),
+                                                   sitk.sitkLinear, -1.0, sitk.sitkFloat32))
+              for v in (q_norm, s_norm))
+    curve = {k: _shifted_ncc(qa, sa, k) for k in range(-3, 4)}  # along the slice axis
+    ev["image_ncc"] = None if curve[0] is None else round(curve[0], 3)
+    ev["ncc_by_shift_voxels"] = {k: None if v is None else round(v, 3) for k, v in curve.items()}
+    best = max((v, k) for k, v in curve.items() if v is not None) if any(
+        v is not None for v in curve.values()) else (None, None)
+    # shared: the images agree where they are, and better than shifted along the body
+    return bool(curve[0] is not None and curve[0] >= SHARED_NCC and best[1] == 0), ev
+
+
+def _shifted_ncc(qa: np.ndarray, sa: np.ndarray, k: int) -> float | None:
+    """Correlation of the two coarse volumes with ``sa`` moved ``k`` voxels along axis 0."""
+    if k > 0:
+        qa, sa = qa[k:], sa[:-k]
+    elif k < 0:
+        qa, sa = qa[:k], sa[-k:]
+    inside = (qa >= 0) & (sa >= 0)
+    return _ncc(qa[inside], sa[inside]) if inside.sum() > 100 else None
+
+
+def _coarse_grid(vol: Volume, mm: float = 4.0):
+    """A SimpleITK reference grid over ``vol``'s extent with pixels of at least ``mm``."""
+    import SimpleITK as sitk
+
+    ref = vol.to_sitk()
+    spacing = [max(s, mm) for s in vol.spacing]
+    size = [max(1, int(round(n * s / t))) for n, s, t in zip(ref.GetSize(), vol.spacing, spacing)]
+    grid = sitk.Image(size, sitk.sitkFloat32)
+    grid.SetSpacing(spacing)
+    grid.SetDirection(ref.GetDirection())
+    # the same first voxel corner, so the coarse grid covers the same box
+    corner = np.asarray(vol.origin) - vol.direction @ (np.asarray(vol.spacing) / 2)
+    grid.SetOrigin(tuple(corner + vol.direction @ (np.asarray(spacing) / 2)))
+    return grid
 
 
 def _ncc(a: np.ndarray, b: np.ndarray) -> float:
