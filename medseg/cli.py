@@ -16,7 +16,7 @@ import traceback
 import warnings
 from enum import Enum
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 
@@ -153,111 +153,141 @@ def _ints(spec: Optional[str], what: str) -> Optional[list[int]]:
         raise UsageError(f"{what} {spec!r}: give integers separated by commas, e.g. 5,1") from None
 
 
+def _opt(default, *flags: str, **kw):
+    """An option for ``Annotated[...]``: the default goes in the signature (``= value``),
+    written here too so each option reads in one place."""
+    return typer.Option(*flags, **kw)
+
+
+Presence = _choices("Presence", opt.PRESENCE)
+Placement = _choices("Placement", opt.PLACEMENT)
+Correspondence = _choices("Correspondence", opt.CORRESPONDENCE)
+A = Annotated
+OptPath = Optional[Path]
+O_SUPPORT = _opt(..., "--support", "-s", help="Support scan (NIfTI, NRRD or DICOM folder) "
+                 "with the labelled slice.")
+O_LABEL = _opt(None, "--support-label", "-l", help="Its label: label map, Slicer .seg.nrrd, "
+               "DICOM-SEG or RTSTRUCT (default: found beside the support, e.g. s_label.nii.gz).")
+O_QUERY = _opt(..., "--query", "-i", help="Scan(s) to segment: a file, a DICOM folder, a folder "
+               "of scans, a glob, or a .txt/.csv list; repeatable.")
+O_LABELS = _opt(None, "--labels", help="Structures: support label values or segment names, "
+                "e.g. 5,1 or liver,spleen (default: all).")
+O_MATCHER = _opt(None, "--matcher", help="sam2: perceptual distance on SAM2 features (default "
+                 "with --method sam2); ssim/ncc: weight-free (ncc: default with transfer).")
+O_METHOD = _opt("sam2", "--method", help="sam2 (the method); transfer: each slice takes its "
+                "matched support mask, no SAM2 (weight-free baseline/preview).")
+O_BATCH = _opt(8, "--batch-size", min=1, help="Frames per encoder batch and clips per batched "
+               "SAM2 call (1: bit-identical to stock sam2).")
+O_COMPILE = _opt(False, "--compile", help="torch.compile the image encoder (a warm-up of tens "
+                 "of seconds; pays off on long volumes and cohorts on a GPU).")
+O_SHOTS = _opt(0, "--shots", min=0, help="Support slices per structure: 1 (1-shot), k (at the "
+               "protocol's fractions of the extent), 0 = auto (every labelled slice, up to 16, "
+               "in a shared frame of reference; else 1).")
+O_PRESENCE = _opt("auto", "--presence", help="auto: no mask outside the structure's expected "
+                  "extent; off: every slice.")
+O_PLACEMENT = _opt("auto", "--placement", help="In-plane: auto (world in a shared frame, body "
+                   "box, content search for cropped views), world, body, search, centre.")
+O_CORR = _opt("auto", "--correspondence", help="auto: relate query to support slices by "
+              "content or world position; off: by order only.")
+O_WINDOW = _opt(None, "--window", help="CT window: abdomen (default), soft-tissue, lung, bone, "
+                "brain, or LEVEL,WIDTH.")
+
+
 @app.command()
 @_handled
 def segment(
-    support: Path = typer.Option(..., "--support", "-s", help="Support scan (NIfTI, NRRD or "
-                                 "DICOM folder) with the labelled slice."),
-    support_label: Optional[Path] = typer.Option(
-        None, "--support-label", "-l", help="Its label: label map, Slicer .seg.nrrd, DICOM-SEG "
-        "or RTSTRUCT (default: found beside the support, e.g. s_label.nii.gz, s.seg.nrrd)."),
-    query: list[str] = typer.Option(..., "--query", "-i", help="Scan(s) to segment: a file, a "
-                                    "DICOM folder, a folder of scans, a glob, or a .txt/.csv "
-                                    "list; repeatable."),
-    output: Path = typer.Option(DEFAULT_OUTPUT, "--output", "-o", help="Output folder."),
-    labels: Optional[str] = typer.Option(None, "--labels", help="Structures to segment: support "
-                                         "label values or segment names, e.g. 5,1 or "
-                                         "liver,spleen (default: all)."),
-    names: Optional[str] = typer.Option(None, "--names", help="Output names, e.g. liver,spleen."),
-    mode: Mode = typer.Option("pair", "--mode", help="pair: [support, frame] clip per query "
-                              "frame (Zu et al.); volume: propagate through the stack."),
-    matcher: Optional[Matcher] = typer.Option(None, "--matcher", help="sam2: perceptual "
-                                              "distance on SAM2 features (default with "
-                                              "--method sam2); ssim/ncc: weight-free (ncc: "
-                                              "default with --method transfer)."),
-    method: Method = typer.Option("sam2", "--method", help="sam2 (the method); transfer: each "
-                                  "slice takes its matched support mask, no SAM2 (weight-free "
-                                  "baseline/preview)."),
-    model: Model = typer.Option("tiny", "--model", help="SAM2.1 model size."),
-    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="SAM2.1 checkpoint file "
-                                              "(else $MEDSEG_CHECKPOINT, else cache/download)."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
-    image_size: Optional[int] = typer.Option(None, "--image-size", help="Model input size "
-                                             "(default: the checkpoint's, 1024 for official)."),
-    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Frames per encoder batch and "
-                                   "clips per batched SAM2 call (1: bit-identical to stock)."),
-    precision: Precision = typer.Option("auto", "--precision", help="auto (bf16 on CUDA)."),
-    compile_: bool = typer.Option(False, "--compile", help="torch.compile the image encoder "
-                                  "(a warm-up of tens of seconds; pays off on long volumes "
-                                  "and cohorts on a GPU)."),
-    formats: str = typer.Option("nifti,seg.nrrd", "--format", help="Comma list: "
-                                + ", ".join(opt.FORMATS) + "."),
-    report: Optional[Path] = typer.Option(None, "--report", help="Report path (one query; "
-                                          "default OUT/<query>_report.json)."),
-    qc: Optional[Path] = typer.Option(None, "--qc", help="Quality-control picture (.png, .pdf "
-                                      "or .svg; one query)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the augmentation bank."),
-    bank_size: int = typer.Option(16, "--bank-size", min=0, help="Augmented support copies."),
-    axis: Axis = typer.Option("axial", "--axis", help="Slicing axis."),
-    window: Optional[str] = typer.Option(None, "--window", help="CT window: abdomen (default), "
-                                         "soft-tissue, lung, bone, brain, or LEVEL,WIDTH."),
-    modality: Modality = typer.Option("auto", "--modality", help="Intensity handling."),
-    support_slice: Optional[int] = typer.Option(None, "--support-slice", help="Slice index "
-                                                "(support's own voxel grid, along --axis)."),
-    shots: int = typer.Option(1, "--shots", min=1, help="Support slices per label (k-shot)."),
-    largest_component: bool = typer.Option(False, "--largest-component",
-                                           help="Keep the largest 3D connected component."),
-    fill_holes: bool = typer.Option(False, "--fill-holes", help="Fill holes slice by slice."),
-    z_range: Optional[str] = typer.Option(None, "--z-range", help="Keep only frames START:STOP."),
-    resample_label: bool = typer.Option(False, "--resample-label", help="Resample a support label "
-                                        "on another grid onto the support image."),
-    series: Optional[str] = typer.Option(None, "--series", help="DICOM series UID of the query."),
-    support_series: Optional[str] = typer.Option(None, "--support-series",
-                                                 help="DICOM series UID of the support."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
-    no_download: bool = typer.Option(False, "--no-download", help="Never download weights."),
-    resume: bool = typer.Option(False, "--resume", help="Cohort: skip queries whose outputs "
-                                "are complete and valid."),
-    ref: Optional[Path] = typer.Option(None, "--ref", help="Cohort: folder of reference labels "
-                                       "named like the queries (adds Dice/HD95 to the summary)."),
-    workers: int = typer.Option(1, "--workers", min=1, help="Cohort: parallel workers on Ray "
-                                "(one model each; one GPU each where there are GPUs)."),
-    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Cohort: a running Ray "
-                                              "cluster (default: a local one)."),
+    support: A[Path, O_SUPPORT],
+    query: A[list[str], O_QUERY],
+    support_label: A[OptPath, O_LABEL] = None,
+    output: A[Path, _opt(DEFAULT_OUTPUT, "--output", "-o", help="Output folder.")] = DEFAULT_OUTPUT,
+    labels: A[Optional[str], O_LABELS] = None,
+    names: A[Optional[str], _opt(None, "--names", help="Output names.")] = None,
+    mode: A[Mode, _opt("pair", "--mode", help="pair: [support, frame] clip per query frame "
+                       "(Zu et al.); volume: propagate through the stack.")] = "pair",
+    matcher: A[Optional[Matcher], O_MATCHER] = None,
+    method: A[Method, O_METHOD] = "sam2",
+    model: A[Model, _opt("tiny", "--model", help="SAM2.1 model size.")] = "tiny",
+    checkpoint: A[OptPath, _opt(None, "--checkpoint", help="SAM2.1 checkpoint file (else "
+                                "$MEDSEG_CHECKPOINT, else cache/download).")] = None,
+    device: A[str, _opt("auto", "--device", help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    image_size: A[Optional[int], _opt(None, "--image-size", help="Model input size.")] = None,
+    batch_size: A[int, O_BATCH] = 8,
+    precision: A[Precision, _opt("auto", "--precision", help="auto: bf16 on CUDA.")] = "auto",
+    compile_: A[bool, O_COMPILE] = False,
+    formats: A[str, _opt("nifti,seg.nrrd", "--format", help="Comma list: "
+                         + ", ".join(opt.FORMATS) + ".")] = "nifti,seg.nrrd",
+    report: A[OptPath, _opt(None, "--report", help="Report path (one query).")] = None,
+    qc: A[OptPath, _opt(None, "--qc", help="QC picture (.png/.pdf/.svg; a folder for a "
+                        "cohort).")] = None,
+    seed: A[int, _opt(0, "--seed", help="Seed of the augmentation bank.")] = 0,
+    bank_size: A[int, _opt(16, "--bank-size", min=0, help="Augmented support copies.")] = 16,
+    axis: A[Axis, _opt("axial", "--axis", help="Slicing axis.")] = "axial",
+    window: A[Optional[str], O_WINDOW] = None,
+    modality: A[Modality, _opt("auto", "--modality", help="Intensity handling.")] = "auto",
+    support_slice: A[Optional[int], _opt(None, "--support-slice", help="Slice index (the "
+                                         "support's own voxel grid, along --axis).")] = None,
+    shots: A[int, O_SHOTS] = 0,
+    presence: A[Presence, O_PRESENCE] = "auto",
+    placement: A[Placement, O_PLACEMENT] = "auto",
+    correspondence: A[Correspondence, O_CORR] = "auto",
+    largest_component: A[bool, _opt(False, "--largest-component", help="Keep the largest 3D "
+                                    "connected component.")] = False,
+    fill_holes: A[bool, _opt(False, "--fill-holes", help="Fill holes slice by slice.")] = False,
+    z_range: A[Optional[str], _opt(None, "--z-range", help="Keep frames START:STOP.")] = None,
+    resample_label: A[bool, _opt(False, "--resample-label", help="Resample a support label on "
+                                 "another grid onto the support image.")] = False,
+    series: A[Optional[str], _opt(None, "--series", help="DICOM series UID of the query.")] = None,
+    support_series: A[Optional[str], _opt(None, "--support-series", help="DICOM series UID "
+                                          "of the support.")] = None,
+    overwrite: A[bool, _opt(False, "--overwrite", help="Replace existing outputs.")] = False,
+    no_download: A[bool, _opt(False, "--no-download", help="Never download weights.")] = False,
+    resume: A[bool, _opt(False, "--resume", help="Cohort: skip queries whose outputs are "
+                         "complete and valid.")] = False,
+    ref: A[OptPath, _opt(None, "--ref", help="Cohort: folder of reference labels named like "
+                         "the queries (adds Dice/HD95 to the summary).")] = None,
+    workers: A[int, _opt(1, "--workers", min=1, help="Cohort: Ray workers (one model each).")] = 1,
+    ray_address: A[Optional[str], _opt(None, "--ray-address", help="Cohort: a running Ray "
+                                       "cluster (default: a local one).")] = None,
 ) -> None:
     """Segment QUERY scan(s) from one labelled support scan; writes NIfTI/.seg.nrrd + report.
 
     Several queries (a folder, a glob, a list file, or --query repeated) run as a cohort:
     one model load, a summary (cohort_summary.csv/.json), failures recorded and skipped.
     """
+    _segment_command(**locals())
+
+
+def _segment_command(**a) -> None:
+    """The ``segment`` command's work (options as given)."""
     from .api import Segmenter
-    from .cohort import expand_queries
+    from .cohort import expand_queries, run_cohort
     from .segmentations import find_label_beside
 
-    if support_label is None:
-        support_label = _find_label(support, find_label_beside)
-    fmt = opt.split_list(formats) or []
-    seg_kwargs = dict(model=model.value, checkpoint=checkpoint, device=device,
-                      image_size=image_size, batch_size=batch_size, precision=precision.value,
-                      allow_download=not no_download, compile=compile_)
+    value = lambda x: getattr(x, "value", x)  # noqa: E731 - Enum members or plain values
+    label = a["support_label"] or _find_label(a["support"], find_label_beside)
+    fmt = opt.split_list(a["formats"]) or []
+    seg_kwargs = dict(model=value(a["model"]), checkpoint=a["checkpoint"], device=a["device"],
+                      image_size=a["image_size"], batch_size=a["batch_size"],
+                      precision=value(a["precision"]), allow_download=not a["no_download"],
+                      compile=a["compile_"])
     seg = Segmenter(**seg_kwargs, progress=not STATE["quiet"])
-    config = dict(labels=opt.split_list(labels), names=opt.split_list(names), mode=mode.value,
-                  matcher=matcher.value if matcher else None, method=method.value,
-                  axis=axis.value, window=window, modality=modality.value,
-                  support_slice=support_slice, shots=shots, keep_largest=largest_component,
-                  fill_holes=fill_holes, z_range=z_range, resample_label=resample_label,
-                  query_series=series, support_series=support_series, bank_size=bank_size,
-                  seed=seed)
-    queries = expand_queries(query)
-    single = len(queries) == 1 and len(query) == 1 and queries[0] == Path(query[0])
-    if single and not (resume or ref or workers > 1):
-        _segment_one(seg, support, support_label, queries[0], output, fmt, report, qc,
-                     overwrite, config)
+    config = dict(labels=opt.split_list(a["labels"]), names=opt.split_list(a["names"]),
+                  matcher=value(a["matcher"]), keep_largest=a["largest_component"],
+                  query_series=a["series"], **{k: value(a[k]) for k in CONFIG_KEYS})
+    queries = expand_queries(a["query"])
+    single = len(queries) == 1 and len(a["query"]) == 1 and queries[0] == Path(a["query"][0])
+    if single and not (a["resume"] or a["ref"] or a["workers"] > 1):
+        _segment_one(seg, a["support"], label, queries[0], a["output"], fmt, a["report"],
+                     a["qc"], a["overwrite"], config)
         return
-    from .cohort import run_cohort
+    run_cohort(seg, seg_kwargs, a["support"], label, queries, a["output"], fmt, a["report"],
+               a["qc"], a["overwrite"], a["resume"], a["ref"], a["workers"], a["ray_address"],
+               config, _say, STATE["verbose"])
 
-    run_cohort(seg, seg_kwargs, support, support_label, queries, output, fmt, report, qc,
-               overwrite, resume, ref, workers, ray_address, config, _say, STATE["verbose"])
+
+CONFIG_KEYS = ("mode", "method", "axis", "window", "modality", "support_slice", "shots",
+               "presence", "placement", "correspondence", "fill_holes", "z_range",
+               "resample_label", "support_series", "bank_size", "seed")
 
 
 def _find_label(support: Path, finder) -> Path:

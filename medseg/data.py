@@ -61,6 +61,7 @@ ARCHIVES: dict[str, Archive] = {
 }
 TS = "totalsegmentator/totalsegmentator-2.18.0/tests/reference_files"
 PR = "pyradiomics/pyradiomics_bhklab-3.1.4/data"
+SL = "slicerio/slicerio-1.4.0/slicerio/data"
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,11 @@ class Case:
 
 SILVER = "silver: TotalSegmentator model output shipped with its tests (not expert-drawn)"
 PYRAD = "manual tumour masks shipped as pyradiomics test data (expert status not stated)"
+LUNGS = ("support: lungs of 3D Slicer's sample segmentation (slicerio test data); query: "
+         "derived -- air below -400 HU inside the body, components over 50 ml, split into "
+         "right and left at the body's midline (bronchi included where connected)")
+HEAD = ("derived on both scans: the head (MR signal above an Otsu threshold, holes filled, "
+        "largest component)")
 CASES: dict[str, Case] = {
     c.name: c
     for c in (
@@ -95,6 +101,14 @@ CASES: dict[str, Case] = {
         Case("ct-lung-tumour", f"{PR}/lung1_image.nrrd", f"{PR}/lung1_label.nrrd", (1,),
              ("tumour",), f"{PR}/lung2_image.nrrd", f"{PR}/lung2_label.nrrd", (1,), PYRAD,
              window="lung"),
+        Case("ct-chest-lungs", f"{SL}/CTChest4.nrrd", f"{SL}/Segmentation.seg.nrrd", (5, 6),
+             ("right lung", "left lung"), f"{PR}/lung1_image.nrrd", "derived/lung1_lungs.nii.gz",
+             (1, 2), LUNGS, window="lung"),
+        Case("ct-chest-lungs-2", f"{SL}/CTChest4.nrrd", f"{SL}/Segmentation.seg.nrrd", (5, 6),
+             ("right lung", "left lung"), f"{PR}/lung2_image.nrrd", "derived/lung2_lungs.nii.gz",
+             (1, 2), LUNGS, window="lung"),
+        Case("mr-head", f"{PR}/brain1_image.nrrd", "derived/brain1_head.nii.gz", (1,), ("head",),
+             f"{PR}/brain2_image.nrrd", "derived/brain2_head.nii.gz", (1,), HEAD),
     )
 }
 DEFAULT_CASE = "ct-liver-spleen"
@@ -180,22 +194,84 @@ def fetch(names: tuple[str, ...] | None = None, *, progress: bool = True, timeou
 
 
 def _derive(root: Path) -> None:
-    """Reference of the DICOM case on the DICOM grid (it is stored with a flipped y axis)."""
-    out = root / "derived" / "example_seg_dicom_on_query.nii.gz"
-    if out.is_file() or not (root / "totalsegmentator").is_dir():
+    """Derived references: the DICOM case's on its grid, lungs and heads by thresholds."""
+    if (root / "totalsegmentator").is_dir():
+        _write_derived(root / "derived" / "example_seg_dicom_on_query.nii.gz",
+                       lambda: _dicom_reference(root))
+    if (root / "pyradiomics").is_dir():
+        for n in (1, 2):
+            _write_derived(root / "derived" / f"lung{n}_lungs.nii.gz",
+                           lambda n=n: derived_lungs(root / PR / f"lung{n}_image.nrrd"))
+            _write_derived(root / "derived" / f"brain{n}_head.nii.gz",
+                           lambda n=n: derived_head(root / PR / f"brain{n}_image.nrrd"))
+
+
+def _write_derived(out: Path, make) -> None:
+    if out.is_file():
         return
+    import SimpleITK as sitk
+
+    img = make()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(".part." + out.name)
+    sitk.WriteImage(img, str(tmp), useCompression=True)
+    os.replace(tmp, out)
+
+
+def _dicom_reference(root: Path):
+    """The DICOM case's reference is stored with a flipped y axis; voxel centres coincide
+    (same spacing, mirrored axis), so nearest neighbour onto the DICOM grid is exact."""
     import SimpleITK as sitk
 
     from .io import read_image
 
     query = read_image(root / TS / "example_ct_dicom").to_sitk()
     ref = sitk.ReadImage(str(root / TS / "example_seg_dicom.nii.gz"))
-    # voxel centres coincide (same spacing, mirrored axis), so nearest neighbour is exact
-    res = sitk.Resample(ref, query, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(".part." + out.name)
-    sitk.WriteImage(res, str(tmp), useCompression=True)
-    os.replace(tmp, out)
+    return sitk.Resample(ref, query, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
+
+
+def derived_lungs(path: Path):
+    """Right (1) and left (2) lung of a chest CT: air inside the body, split at the midline."""
+    import numpy as np
+    from scipy import ndimage
+
+    from .io import read_image
+
+    v = read_image(path)
+    a = v.array
+    body = np.stack([ndimage.binary_fill_holes(s) for s in ndimage.binary_opening(a > -500,
+                                                                                  iterations=2)])
+    air = ndimage.binary_opening((a < -400) & body, iterations=1)
+    lab, _ = ndimage.label(air)
+    sizes = np.bincount(lab.ravel()) * float(np.prod(v.spacing)) / 1000.0
+    sizes[0] = 0
+    lungs = np.isin(lab, np.nonzero(sizes >= 50)[0])
+    xs = np.nonzero(body.any(axis=(0, 1)))[0]
+    mid = (xs.min() + xs.max()) / 2.0
+    x = np.arange(a.shape[2])[None, None, :]
+    left_is_high = v.direction[0, 0] > 0  # index x runs towards the patient's left
+    out = np.where(lungs, np.where((x > mid) == left_is_high, 2, 1), 0).astype(np.uint8)
+    return v.with_array(out).to_sitk()
+
+
+def derived_head(path: Path):
+    """The head on an MR: above an Otsu threshold, holes filled slice by slice, largest part."""
+    import numpy as np
+    import SimpleITK as sitk
+    from scipy import ndimage
+
+    from .io import read_image
+
+    v = read_image(path)
+    thr = sitk.OtsuThresholdImageFilter()
+    thr.Execute(sitk.Cast(v.to_sitk(), sitk.sitkFloat32))
+    fg = ndimage.binary_opening(v.array > thr.GetThreshold(), iterations=2)
+    lab, n = ndimage.label(fg)
+    sizes = np.bincount(lab.ravel())
+    sizes[0] = 0
+    head = lab == int(np.argmax(sizes))
+    head = np.stack([ndimage.binary_fill_holes(s) for s in head]).astype(np.uint8)
+    return v.with_array(head).to_sitk()
 
 
 def case_paths(case: str | Case, root: Path | None = None) -> dict[str, str]:

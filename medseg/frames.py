@@ -188,12 +188,14 @@ def resample_frame(
     order: int = 1,
     cval: float = 0.0,
     shift: tuple[float, float] = (0.0, 0.0),
+    zoom: float = 1.0,
 ) -> np.ndarray:
-    """Resample a 2D frame to another pixel grid at the same physical scale; the input's
-    centre lands ``shift`` output pixels (rows, cols) from the output's centre."""
+    """Resample a 2D frame to another pixel grid at the same physical scale (times
+    ``zoom``); the input's centre lands ``shift`` output pixels (rows, cols) from the
+    output's centre."""
     from scipy import ndimage
 
-    scale = np.asarray(out_spacing, float) / np.asarray(spacing, float)  # src px per dst px
+    scale = np.asarray(out_spacing, float) / (np.asarray(spacing, float) * zoom)  # src / dst px
     in_c = (np.asarray(frame.shape, float) - 1) / 2.0
     out_c = (np.asarray(out_shape, float) - 1) / 2.0 + np.asarray(shift, float)
     offset = in_c - scale * out_c

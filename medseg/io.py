@@ -269,18 +269,14 @@ def _dicom_file_series(p: Path, series: str | None, name: str) -> tuple[Any, dic
 
 
 def read_image(path: str | os.PathLike, *, series: str | None = None, name: str = "image") -> Volume:
-    """Read a NIfTI/NRRD/MHA file or a DICOM series folder into a 3D :class:`Volume`.
-
-    Raises :class:`InputError` with a one-line message for every user-side problem.
-    """
-    import SimpleITK as sitk
-
+    """Read a NIfTI/NRRD/MHA file or a DICOM series (folder, or one of its files) into a 3D
+    :class:`Volume`. Raises :class:`InputError` with a one-line message for every user-side
+    problem."""
     p = Path(path)
     if p.is_symlink() and not p.exists():
         raise InputError(f"{name} {p}: a broken or looping symbolic link")
     if not p.exists():
         raise InputError(f"{name} {p}: no such file or folder")
-    meta: dict[str, Any] = {}
     nonfinite = None
     dicom_file = None if p.is_dir() or _suffix(p) in IMAGE_SUFFIXES else \
         _dicom_file_series(p, series, name)
@@ -289,51 +285,63 @@ def read_image(path: str | os.PathLike, *, series: str | None = None, name: str 
     elif dicom_file is not None:
         img, meta = dicom_file
     else:
-        if not os.access(p, os.R_OK):
-            raise InputError(f"{name} {p}: not readable (check permissions)")
-        if p.stat().st_size == 0:
-            raise InputError(f"{name} {p}: file is empty")
-        if _suffix(p) in NIFTI_SUFFIXES:
-            _check_nifti_complete(p, name)
-        try:
-            img = sitk.ReadImage(str(p))
-        except RuntimeError as exc:
-            raise InputError(_explain_read_error(p, str(exc), name)) from exc
-        if _suffix(p) in NIFTI_SUFFIXES:
-            used = _nifti_transform_check(p, img)
-            if used:
-                meta["nifti_transform_used"] = used
-            nonfinite = _nifti_nonfinite(p, img)
-    if img.GetNumberOfComponentsPerPixel() != 1:
-        raise InputError(
-            f"{name} {p}: has {img.GetNumberOfComponentsPerPixel()} components per voxel "
-            "(RGB or vector image); medseg needs a scalar (grey-value) volume"
-        )
-    dim = img.GetDimension()
-    if dim == 2:
-        raise InputError(
-            f"{name} {p}: is a 2D image of size {list(img.GetSize())}; medseg needs a 3D "
-            "volume (a single-slice 3D volume is fine)"
-        )
-    if dim == 4:
-        size = list(img.GetSize())
-        if size[3] != 1:
-            raise InputError(
-                f"{name} {p}: is 4D ({size[3]} volumes of {size[:3]}); extract the one you want "
-                "first, e.g. with `fslroi` or SimpleITK's Extract"
-            )
-        img = sitk.Extract(img, size[:3] + [0], [0, 0, 0, 0])
-        meta["squeezed_4d"] = True
-    elif dim != 3:
-        raise InputError(f"{name} {p}: has {dim} dimensions; medseg reads 3D volumes")
-    direction = np.array(img.GetDirection()).reshape(3, 3)
-    _check_direction(direction, str(p))
+        img, meta, nonfinite = _read_file(p, name)
+    img = _as_3d(img, p, name, meta)
+    _check_direction(np.array(img.GetDirection()).reshape(3, 3), str(p))
     vol = Volume.from_sitk(img, path=str(p), **meta)
-    if not p.is_dir() and _suffix(p) in NIFTI_SUFFIXES and nonfinite is not None:
+    if nonfinite is not None:
         arr = vol.array.astype(np.float32, copy=True)
         arr[nonfinite.reshape(arr.shape)] = np.nan  # ITK's NIfTI reader turns NaN into 0
         vol = vol.with_array(arr)
     return vol
+
+
+def _read_file(p: Path, name: str) -> tuple[Any, dict[str, Any], np.ndarray | None]:
+    """(image, metadata, where a NIfTI holds NaN/inf) of one image file."""
+    import SimpleITK as sitk
+
+    if not os.access(p, os.R_OK):
+        raise InputError(f"{name} {p}: not readable (check permissions)")
+    if p.stat().st_size == 0:
+        raise InputError(f"{name} {p}: file is empty")
+    nifti = _suffix(p) in NIFTI_SUFFIXES
+    if nifti:
+        _check_nifti_complete(p, name)
+    try:
+        img = sitk.ReadImage(str(p))
+    except RuntimeError as exc:
+        raise InputError(_explain_read_error(p, str(exc), name)) from exc
+    meta: dict[str, Any] = {}
+    if not nifti:
+        return img, meta, None
+    used = _nifti_transform_check(p, img)
+    if used:
+        meta["nifti_transform_used"] = used
+    return img, meta, _nifti_nonfinite(p, img)
+
+
+def _as_3d(img, p: Path, name: str, meta: dict[str, Any]):
+    """A scalar 3D image (a 4D image with one volume is squeezed), or a clear error."""
+    import SimpleITK as sitk
+
+    if img.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(f"{name} {p}: has {img.GetNumberOfComponentsPerPixel()} components "
+                         "per voxel (RGB or vector image); medseg needs a scalar (grey-value) "
+                         "volume")
+    dim = img.GetDimension()
+    if dim == 2:
+        raise InputError(f"{name} {p}: is a 2D image of size {list(img.GetSize())}; medseg "
+                         "needs a 3D volume (a single-slice 3D volume is fine)")
+    if dim == 4:
+        size = list(img.GetSize())
+        if size[3] != 1:
+            raise InputError(f"{name} {p}: is 4D ({size[3]} volumes of {size[:3]}); extract the "
+                             "one you want first, e.g. with `fslroi` or SimpleITK's Extract")
+        meta["squeezed_4d"] = True
+        return sitk.Extract(img, size[:3] + [0], [0, 0, 0, 0])
+    if dim != 3:
+        raise InputError(f"{name} {p}: has {dim} dimensions; medseg reads 3D volumes")
+    return img
 
 
 def _nifti_nonfinite(p: Path, img) -> np.ndarray | None:

@@ -368,19 +368,56 @@ def _standardise(a: np.ndarray) -> np.ndarray:
     return (a - a.mean(axis=axes, keepdims=True)) / (a.std(axis=axes, keepdims=True) + 1e-6)
 
 
-def place(support: np.ndarray, s_spacing, query: np.ndarray, q_spacing, downsample_mm: float = 2.0
-          ) -> tuple[float, float, float]:
-    """Offset (rows, cols, in query pixels) of the support slice's centre from the query
-    frame's centre where their content matches best, and the correlation there."""
+ZOOMS = (0.85, 0.92, 1.0, 1.08, 1.17)  # patient sizes the content search tries
+
+
+def place(support: np.ndarray, s_spacing, query: np.ndarray, q_spacing, downsample_mm: float = 2.0,
+          zooms: tuple[float, ...] = (1.0,)) -> tuple[float, float, float, float]:
+    """(rows, cols, zoom, ncc): where the support slice's centre goes relative to the query
+    frame's centre (query pixels), at which of ``zooms`` (isotropic size ratio), for the
+    best normalised correlation of their content over all translations."""
     sp_q = np.asarray(q_spacing, float)
     g = max(downsample_mm, float(sp_q.max()))
-    s_small = resample_frame(support, s_spacing, _size_mm(support.shape, s_spacing, g), (g, g))
     q_small = resample_frame(query, q_spacing, _size_mm(query.shape, q_spacing, g), (g, g))
-    dy, dx, score = masked_ncc_shift(q_small, s_small)
-    # centre of the support after the shift, relative to the query centre, in mm
-    cy = dy + (s_small.shape[0] - 1) / 2 - (q_small.shape[0] - 1) / 2
-    cx = dx + (s_small.shape[1] - 1) / 2 - (q_small.shape[1] - 1) / 2
-    return cy * g / sp_q[0], cx * g / sp_q[1], score
+    best = (-np.inf, 0.0, 0.0, 1.0)
+    for z in zooms:
+        s_small = resample_frame(support, s_spacing, _size_mm(support.shape, s_spacing, g / z),
+                                 (g, g), zoom=z)
+        dy, dx, score = masked_ncc_shift(q_small, s_small)
+        if score > best[0]:
+            # centre of the support after the shift, relative to the query centre
+            cy = dy + (s_small.shape[0] - 1) / 2 - (q_small.shape[0] - 1) / 2
+            cx = dx + (s_small.shape[1] - 1) / 2 - (q_small.shape[1] - 1) / 2
+            best = (score, cy * g / sp_q[0], cx * g / sp_q[1], z)
+    score, cy, cx, z = best
+    return cy, cx, z, score
+
+
+def body_box(frame: np.ndarray, spacing) -> tuple[np.ndarray, np.ndarray] | None:
+    """(centre in pixels (rows, cols), size in mm) of the body's bounding box, or None."""
+    body = body_mask(frame, spacing)
+    if not body.any():
+        return None
+    ys, xs = np.nonzero(body)
+    centre = np.array([(ys.min() + ys.max()) / 2, (xs.min() + xs.max()) / 2])
+    size = np.array([ys.max() - ys.min() + 1, xs.max() - xs.min() + 1]) * np.asarray(spacing)
+    return centre, size
+
+
+def place_by_body(support: np.ndarray, s_spacing, query: np.ndarray, q_spacing
+                  ) -> tuple[float, float, float] | None:
+    """(rows, cols, zoom): the support slice scaled (isotropically, 0.8-1.25) and moved so
+    its body's bounding box lies on the query body's; None without a body on either."""
+    a, b = body_box(support, s_spacing), body_box(query, q_spacing)
+    if a is None or b is None:
+        return None
+    zoom = float(np.clip(np.sqrt(np.prod(b[1]) / np.prod(a[1])), 0.8, 1.25))
+    sq, ss = np.asarray(q_spacing, float), np.asarray(s_spacing, float)
+    # the support centre is where its body centre lands after the zoom about the centre
+    s_off = (a[0] - (np.array(support.shape) - 1) / 2) * ss * zoom / sq
+    target = b[0] - (np.array(query.shape) - 1) / 2
+    dy, dx = target - s_off
+    return float(dy), float(dx), zoom
 
 
 def _size_mm(shape, spacing, g) -> tuple[int, int]:

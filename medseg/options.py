@@ -18,7 +18,8 @@ MODELS = ("tiny", "small", "base-plus", "large")  # SAM2.1 sizes
 PRECISIONS = ("auto", "bf16", "fp32")
 FORMATS = ("nifti", "seg.nrrd", "dicom-seg", "itk-snap")
 PRESENCE = ("auto", "off")  # empty masks on frames judged not to hold the structure
-PLACEMENT = ("auto", "world", "search", "centre")  # where the support structure sits in-plane
+CORRESPONDENCE = ("auto", "off")  # relate query slices to support slices (off: by order only)
+PLACEMENT = ("auto", "world", "body", "search", "centre")  # where the support sits in-plane
 
 
 def check_choice(value: str, choices: Sequence[str], option: str) -> str:

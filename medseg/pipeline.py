@@ -28,6 +28,7 @@ from .locate import Correspondence, correspond, expected_frames
 from .match import make_matcher
 from .options import (
     AXES,
+    CORRESPONDENCE,
     METHODS,
     MODALITIES,
     MODES,
@@ -62,6 +63,7 @@ class SegmentConfig:
     support_slice: int | None = None
     shots: int = 0  # 0: every labelled slice the label offers (up to 16); 1: 1-shot; k
     presence: str = "auto"  # "auto": empty masks outside the structure's expected extent
+    correspondence: str = "auto"  # "off": query and support slices related by order only
     placement: str = "auto"  # in-plane: "auto" (world if shared, else search), ...
     bank: BankConfig = field(default_factory=BankConfig)
     keep_largest: bool = False
@@ -81,6 +83,7 @@ class SegmentConfig:
         make_matcher(matcher)  # validates the name only
         check_int(self.shots, "shots", 0)
         check_choice(self.presence, PRESENCE, "presence")
+        check_choice(self.correspondence, CORRESPONDENCE, "correspondence")
         check_choice(self.placement, PLACEMENT, "placement")
         check_int(self.bank.seed, "seed", 0, 2**31 - 1)
         if self.support_slice is not None:
@@ -262,7 +265,9 @@ def run(support: Any, support_label: Any, query: Any, cfg: SegmentConfig,
     with t("frames"):
         frames = cut_frames(inputs, cfg)
     with t("locate"):
-        corr = correspond(inputs.query, inputs.support, frames.query, frames.support)
+        corr = correspond(inputs.query, inputs.support, frames.query, frames.support) \
+            if cfg.correspondence == "auto" else Correspondence(
+                np.full(len(frames.query), np.nan), "none", 0.0, evidence={"off": True})
     with t("support"):
         plan, groups = plan_support(inputs, frames, cfg, corr, cache.banks)
     eng = engine() if cfg.needs_model and engine is not None else None

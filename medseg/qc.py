@@ -82,6 +82,7 @@ def qc_figure(result: Result, path: str | os.PathLike, count: int = 8, dpi: int 
             ax4.plot(x, result.object_scores[:, k], ls="--", color=c, alpha=0.7)
         ax4.axhline(0, color="grey", lw=0.5)
         ax4.set_ylabel("SAM2 object score (dashed; >0 = present)")
+    _shade_absent(ax3, result)
     ax3.legend(loc="upper left", fontsize=8)
     note = " — RANDOM-WEIGHT MODEL: masks are meaningless" if result.report.random_weights else ""
     cfg = result.report.config
@@ -93,6 +94,25 @@ def qc_figure(result: Result, path: str | os.PathLike, count: int = 8, dpi: int 
     fig.savefig(path, dpi=dpi, format=fmt or Path(path).suffix[1:].lower() or "png")
     plt.close(fig)
     return Path(path)
+
+
+def _shade_absent(ax, result: Result) -> None:
+    """Grey bands over frames where no structure was expected (presence), and where the
+    support slices correspond to (slice correspondence), as the report records them."""
+    rows = result.report.per_frame
+    outside = np.array([not any(r.expected) for r in rows])
+    for i in np.nonzero(outside)[0]:
+        ax.axvspan(i - 0.5, i + 0.5, color="0.85", lw=0, zorder=0)
+    if outside.any():
+        ax.plot([], [], color="0.85", lw=6, label="no structure expected")
+    pos = {r.support_position: r.frame for r in rows if r.support_position is not None}
+    for g in result.groups[:1]:
+        for f in g.frames:
+            near = [fr for p_, fr in pos.items() if abs(p_ - f) <= 0.5]
+            for fr in near[:1]:
+                ax.axvline(fr, color="k", ls=":", lw=0.8)
+        if any(abs(p_ - f) <= 0.5 for f in g.frames for p_ in pos):
+            ax.plot([], [], color="k", ls=":", lw=0.8, label="support slice's counterpart")
 
 
 def per_slice_dice_plot(dice: np.ndarray, path: str | os.PathLike, labels: list[str],

@@ -30,7 +30,7 @@ from .errors import InputError
 from .frames import FrameStack, label_to_frames, resample_frame
 from .io import Volume
 from .labels import LabelPlan, PlanEntry
-from .locate import Correspondence, place
+from .locate import ZOOMS, Correspondence, fov_cuts_body, place, place_by_body
 from .segmentations import SupportLabel
 
 MAX_DENSE = 16  # support slices per structure when the label covers many
@@ -123,7 +123,8 @@ def prepare_support(support: FrameStack, image: Volume, label: SupportLabel, pla
         cfg = replace(bank, size=per, seed=bank.seed + 1000 * gi)
         placed = [_slice_bank(support, query, f, [masks[e.support_value][f] for e in entries],
                               cfg, int(src_index[f]), corr, placement, banks) for f in frames]
-        b = Bank.concat([p[0] for p in placed])
+        b = _cached(banks, ("group", *(p[2] for p in placed)),
+                    lambda placed=placed: Bank.concat([p[0] for p in placed]))
         for k, e in enumerate(entries):
             if not b.masks[:, k].any():
                 raise InputError(f"{e.name} (label {e.support_value}): too small to survive "
@@ -137,24 +138,35 @@ def prepare_support(support: FrameStack, image: Volume, label: SupportLabel, pla
 
 def _slice_bank(support: FrameStack, query: FrameStack, f: int, masks: list[np.ndarray],
                 cfg: BankConfig, source: int, corr: Correspondence | None, placement: str,
-                banks: dict | None = None) -> tuple[Bank, dict]:
+                banks: dict | None = None) -> tuple[Bank, dict, tuple]:
     """Bank of one support slice, resampled to the query's pixel grid and placed (reused
-    from ``banks`` when the same slice lands the same way on the same grid)."""
+    from ``banks`` when the same slice lands the same way on the same grid), how it was
+    placed, and its key in ``banks``."""
     shape, qsp, ssp = query.frames.shape[1:], query.spacing[1:], support.spacing[1:]
     shift, how = placement_shift(support, query, f, corr, placement)
-    key = (f, shape, tuple(np.round(qsp, 6)), tuple(np.round(shift, 1)), cfg,
+    zoom = how.get("zoom", 1.0)
+    key = (f, shape, tuple(np.round(qsp, 6)), tuple(np.round(shift, 1)), round(zoom, 3), cfg,
            tuple(m.tobytes().__hash__() for m in masks))
-    if banks is not None and key in banks:
-        return banks[key], how
-    img = resample_frame(support.frames[f], ssp, shape, qsp, order=1, shift=shift)
-    m = np.stack([resample_frame(x.astype(np.float32), ssp, shape, qsp, order=0, shift=shift)
-                  > 0.5 for x in masks])
-    bank = build_bank(img, m, cfg, source_slice=source)
-    if banks is not None:
+
+    def build() -> Bank:
+        img = resample_frame(support.frames[f], ssp, shape, qsp, order=1, shift=shift, zoom=zoom)
+        m = np.stack([resample_frame(x.astype(np.float32), ssp, shape, qsp, order=0,
+                                     shift=shift, zoom=zoom) > 0.5 for x in masks])
+        return build_bank(img, m, cfg, source_slice=source)
+
+    return _cached(banks, key, build), how, key
+
+
+def _cached(banks: dict | None, key: tuple, make) -> Bank:
+    """``banks[key]``, made on first use (the same object again, so that its encodings
+    are reused as well); without a cache, made each time."""
+    if banks is None:
+        return make()
+    if key not in banks:
         if len(banks) > 64:
             banks.clear()
-        banks[key] = bank
-    return bank, how
+        banks[key] = make()
+    return banks[key]
 
 
 def counterpart(corr: Correspondence | None, f: int, n: int) -> int:
@@ -175,12 +187,22 @@ def placement_shift(support: FrameStack, query: FrameStack, f: int, corr: Corres
     if corr is not None and corr.shared_frame and placement in ("auto", "world") \
             and f in corr.world_shift:
         return corr.world_shift[f], {"method": "world", "query_frame": i}
-    if placement in ("auto", "search"):
-        dy, dx, score = place(support.frames[f], support.spacing[1:], query.frames[i],
+    cut = fov_cuts_body(query) or fov_cuts_body(support)
+    if placement in ("auto", "body") and not cut:
+        found = place_by_body(support.frames[f], support.spacing[1:], query.frames[i],
                               query.spacing[1:])
+        if found is not None:
+            dy, dx, zoom = found
+            return (dy, dx), {"method": "body", "query_frame": i, "zoom": round(zoom, 3),
+                              "shift_px": [round(dy, 1), round(dx, 1)]}
+    if placement in ("auto", "search"):
+        near = range(max(0, i - 2), min(len(query), i + 3))  # the counterpart and neighbours
+        found = np.array([place(support.frames[f], support.spacing[1:], query.frames[j],
+                                query.spacing[1:], zooms=ZOOMS) for j in near])
+        dy, dx, zoom, score = (float(v) for v in np.median(found, axis=0))
         if score >= PLACE_MIN_NCC or placement == "search":
             return (dy, dx), {"method": "search", "query_frame": i, "ncc": round(score, 3),
-                              "shift_px": [round(dy, 1), round(dx, 1)]}
+                              "zoom": zoom, "shift_px": [round(dy, 1), round(dx, 1)]}
         return (0.0, 0.0), {"method": "centre", "query_frame": i,
                             "note": f"content search unsure (ncc {score:.2f})"}
     return (0.0, 0.0), {"method": "centre", "query_frame": i}

@@ -8,14 +8,21 @@ Methods, side by side:
   copy          the support label resampled onto the query grid in world coordinates
   registration  SimpleITK affine (+ optional B-spline) registration of the support image to
                 the query (Mattes mutual information), label warped with nearest neighbour
-  transfer      for each query slice, the mask of its matched bank member (no SAM2)
+  transfer      for each query slice, the mask of its matched bank member (no SAM2), built
+                up one component at a time so each one's effect shows:
+                  transfer-centred  1-shot slice, centre on centre, a mask on every slice
+                  +placement        the slice placed by body box / content search / world
+                  +presence         no mask outside the structure's expected extent
+                  (= medseg transfer) the default: + the richest support the correspondence
+                                    can use (dense in a shared frame of reference)
   medseg        SAM2 in each mode; with --random-weights the rows say "RANDOM WEIGHTS" and are
                 no measure of quality (they exercise the pipeline only)
 
-Scores per case and label: Dice, HD95 (mm) and surface Dice at 2 mm, over the whole query
-volume and over the slices that contain the structure in the reference (the paper's
-protocol: both masks restricted to those slices). Writes CSV and JSON (versions, machine,
-checkpoint hash) and prints a table.
+Scores per case and label, whole query volume first: Dice, HD95 (mm), surface Dice at
+2 mm; then Dice on the slices that hold the structure in the reference (the few-shot
+papers' protocol) and the extent error (mm between the predicted and the reference first
+and last slice along the body axis; the predicted extent as a fraction of the reference's).
+Writes CSV and JSON (versions, machine, checkpoint hash) and prints a table.
 """
 
 from __future__ import annotations
@@ -36,6 +43,24 @@ from medseg.augment import BankConfig
 from medseg.frames import label_to_frames
 from medseg.io import Volume, read_image
 from medseg.metrics import implementation, surface_metrics
+
+STEPS = [  # the weight-free path, one component at a time
+    ("transfer-centred", {"shots": 1, "placement": "centre", "presence": "off"}),
+    ("+placement", {"shots": 1, "presence": "off"}),
+    ("+presence", {"shots": 1}),
+    ("transfer", {}),
+]
+
+
+def support_labelmap(path: str, image: Volume, values) -> Volume:
+    """Any support label form as one integer labelmap on the support image's grid."""
+    from medseg.segmentations import read_support_label
+
+    lab = read_support_label(path, image)
+    arr = np.zeros(image.shape, np.int32)
+    for v in reversed(list(values)):
+        arr[lab.mask(v)] = v
+    return image.with_array(arr)
 
 
 def copy_baseline(support_label: Volume, query: Volume) -> np.ndarray:
@@ -132,18 +157,32 @@ def _best_start(fixed, moving, seed: int, starts: int = 17, keep: int = 3):
 
 
 def score(pred: np.ndarray, ref: np.ndarray, spacing_zyx, ref_vol: Volume) -> dict:
-    """Whole-volume and structure-slices scores (slices along the query's axial frames)."""
+    """Whole-volume scores, structure-slices Dice and the extent error (axial frames)."""
     out = {}
     d = _dice(pred, ref)
     hd, _, nsd = surface_metrics(pred, ref, spacing_zyx, 2.0)
     out.update(dice=d, hd95_mm=hd, nsd2mm=nsd)
-    # restrict to axial frames that contain the structure in the reference
     pf = label_to_frames(ref_vol.with_array(pred.astype(np.uint8)))
     rf = label_to_frames(ref_vol.with_array(ref.astype(np.uint8)))
     keep = rf.reshape(rf.shape[0], -1).any(axis=1)
+    has = pf.reshape(pf.shape[0], -1).any(axis=1)
     out["slices_with_structure"] = int(keep.sum())
     out["dice_slices"] = _dice(pf[keep], rf[keep]) if keep.any() else math.nan
+    dz = float(volume_frames_spacing(ref_vol))
+    if keep.any() and has.any():
+        r, p = np.nonzero(keep)[0], np.nonzero(has)[0]
+        out["extent_error_mm"] = dz * max(abs(int(p[0]) - int(r[0])), abs(int(p[-1]) - int(r[-1])))
+        out["extent_ratio"] = (p[-1] - p[0] + 1) / (r[-1] - r[0] + 1)
+    else:
+        out["extent_error_mm"], out["extent_ratio"] = math.nan, math.nan
     return out
+
+
+def volume_frames_spacing(vol: Volume) -> float:
+    """Spacing between axial frames (the canonical S axis)."""
+    from medseg.io import canonical_orientation, canonical_spacing_zyx
+
+    return canonical_spacing_zyx(vol, canonical_orientation(vol.direction))[0]
 
 
 def _dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -167,6 +206,7 @@ def main() -> None:
                     "(sam2 needs a model)")
     ap.add_argument("--modes", default="pair,volume")
     ap.add_argument("--bspline", action="store_true", help="add B-spline after the affine")
+    ap.add_argument("--steps", action="store_true", help="add a transfer row per component")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/quality"))
     args = ap.parse_args()
@@ -194,8 +234,9 @@ def main() -> None:
     for name in args.cases.split(","):
         case = data.CASES[name]
         p = data.case_paths(case, root)
-        s, sl, q, qr = (read_image(p[k], name=k)
-                        for k in ("support", "support_label", "query", "query_ref"))
+        s, q, qr = (read_image(p[k], name=k) for k in ("support", "query", "query_ref"))
+        sl_path = p["support_label"]
+        sl = support_labelmap(sl_path, s, case.labels)
         t0 = time.perf_counter()
         copy = copy_baseline(sl, q)
         t_copy = time.perf_counter() - t0
@@ -211,23 +252,24 @@ def main() -> None:
             for matcher in matchers:
                 if matcher == "sam2" and not (args.checkpoint or args.random_weights):
                     continue
-                cfg = SegmentConfig(labels=list(case.labels), names=list(case.names),
-                                    method="transfer", matcher=matcher, window=case.window,
-                                    bank=BankConfig(size=bs, seed=args.seed))
-                t0 = time.perf_counter()
-                r = seg.segment(s, sl, q, cfg)
-                tt = time.perf_counter() - t0
-                note = ckpt_note if matcher == "sam2" and ckpt_note else ""
-                preds.append((f"transfer[{matcher}]", note,
-                              {nm: r.labels.array == i + 1 for i, nm in enumerate(case.names)},
-                              tt, {"bank_size": bs}))
+                for label, extra in STEPS if args.steps else STEPS[-1:]:
+                    cfg = SegmentConfig(labels=list(case.labels), names=list(case.names),
+                                        method="transfer", matcher=matcher, window=case.window,
+                                        bank=BankConfig(size=bs, seed=args.seed), **extra)
+                    t0 = time.perf_counter()
+                    r = seg.segment(s, sl_path, q, cfg)
+                    tt = time.perf_counter() - t0
+                    note = ckpt_note if matcher == "sam2" and ckpt_note else ""
+                    preds.append((f"{label}[{matcher}]", note,
+                                  {nm: r.labels.array == i + 1 for i, nm in enumerate(case.names)},
+                                  tt, {"bank_size": bs}))
             if args.checkpoint or args.random_weights:
                 for mode in modes:
                     cfg = SegmentConfig(labels=list(case.labels), names=list(case.names),
                                         mode=mode, matcher="sam2", window=case.window,
                                         bank=BankConfig(size=bs, seed=args.seed))
                     t0 = time.perf_counter()
-                    r = seg.segment(s, sl, q, cfg)
+                    r = seg.segment(s, sl_path, q, cfg)
                     tt = time.perf_counter() - t0
                     preds.append((f"medseg[{mode}]", ckpt_note or "",
                                   {nm: r.labels.array == i + 1 for i, nm in enumerate(case.names)},
@@ -242,8 +284,8 @@ def main() -> None:
                              "seconds": round(secs, 2), "reference": case.reference})
         print(f"done {name}", file=sys.stderr)
     args.out.mkdir(parents=True, exist_ok=True)
-    cols = ["case", "label", "method", "note", "bank_size", "dice", "dice_slices", "hd95_mm",
-            "nsd2mm", "slices_with_structure", "seconds"]
+    cols = ["case", "label", "method", "note", "bank_size", "dice", "hd95_mm", "nsd2mm",
+            "dice_slices", "extent_error_mm", "extent_ratio", "slices_with_structure", "seconds"]
     with open(args.out / "quality.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=cols + ["reference"])
         w.writeheader()
@@ -255,12 +297,13 @@ def main() -> None:
             "checkpoint_sha256": seg._engine.checkpoint_sha256 if seg and seg._engine else None,
             "args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}
     (args.out / "quality.json").write_text(json.dumps(meta, indent=2, default=_json))
-    print(f"{'case':16s} {'label':7s} {'method':22s} {'bank':>4s} {'Dice':>6s} {'Dice@sl':>7s} "
-          f"{'HD95mm':>7s} {'NSD2mm':>6s} {'s':>6s} note")
+    print(f"{'case':17s} {'label':10s} {'method':24s} {'bank':>4s} {'Dice':>6s} {'HD95mm':>7s} "
+          f"{'NSD2mm':>6s} {'Dice@sl':>7s} {'ext.mm':>6s} {'ext.x':>5s} {'s':>6s} note")
     for r in rows:
-        print(f"{r['case']:16s} {r['label']:7s} {r['method']:22s} {str(r['bank_size']):>4s} "
-              f"{_fmt(r['dice']):>6s} {_fmt(r['dice_slices']):>7s} {_fmt(r['hd95_mm']):>7s} "
-              f"{_fmt(r['nsd2mm']):>6s} {r['seconds']:>6.1f} {r['note']}")
+        print(f"{r['case']:17s} {r['label']:10s} {r['method']:24s} {str(r['bank_size']):>4s} "
+              f"{_fmt(r['dice']):>6s} {_fmt(r['hd95_mm']):>7s} {_fmt(r['nsd2mm']):>6s} "
+              f"{_fmt(r['dice_slices']):>7s} {_fmt(r['extent_error_mm']):>6s} "
+              f"{_fmt(r['extent_ratio']):>5s} {r['seconds']:>6.1f} {r['note']}")
 
 
 def _fmt(v):

@@ -65,8 +65,9 @@ print("RESULT " + json.dumps({"build_s": t_build, "init_state_s": t_init, "propa
 """
 
 
-def synthetic_ct(n: int, hw: int, seed: int):
-    """A CT-like volume (HU) with a body, two organs and noise; returns (image, label)."""
+def synthetic_ct(n: int, hw: int, seed: int, dz: float = 2.0):
+    """A CT-like volume (HU) with a body, two organs and noise, ``n`` slices ``dz`` mm apart,
+    the organs spanning the same fraction of any length; returns (image, label)."""
     from medseg.io import Volume
 
     rng = np.random.default_rng(seed)
@@ -82,7 +83,7 @@ def synthetic_ct(n: int, hw: int, seed: int):
     lab = np.zeros(img.shape, np.uint8)
     lab[organ1] = 1
     lab[organ2] = 2
-    geo = {"spacing": (0.8, 0.8, 2.0)}
+    geo = {"spacing": (0.8, 0.8, dz)}
     return Volume(img, **geo), Volume(lab, **geo)
 
 
@@ -110,12 +111,13 @@ def prepare(tmp: Path, size: int, hw: int) -> dict[str, Path]:
     from medseg.frames import volume_to_frames
     from medseg.io import write_image
 
-    paths = {"s": tmp / "s.nii.gz", "l": tmp / "l.nii.gz", "q": tmp / f"q{size}.nii.gz",
-             "jpg": tmp / f"jpg{size}"}
-    if not paths["s"].exists():
-        s_img, s_lab = synthetic_ct(40, hw, 2)
-        write_image(s_img, paths["s"])
-        write_image(s_lab, paths["l"])
+    paths = {"s": tmp / f"s{size}.nii.gz", "l": tmp / f"l{size}.nii.gz",
+             "q": tmp / f"q{size}.nii.gz", "jpg": tmp / f"jpg{size}"}
+    # the support covers the query's length (40 slices over the same distance), so the
+    # structure spans the query as it would in a real scan and every frame is worked on
+    s_img, s_lab = synthetic_ct(40, hw, 2, dz=2.0 * size / 40)
+    write_image(s_img, paths["s"])
+    write_image(s_lab, paths["l"])
     q_img, _ = synthetic_ct(size, hw, 1)
     write_image(q_img, paths["q"])
     paths["jpg"].mkdir(exist_ok=True)

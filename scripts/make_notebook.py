@@ -68,7 +68,25 @@ ax.contour(lf[k] == 5, levels=[0.5], colors="orange")
 ax.contour(lf[k] == 1, levels=[0.5], colors="violet")
 ax.set_title(f"support frame {k} (liver orange, spleen violet)")
 ax.axis("off");"""),
-    ("md", "## Segment the query"),
+    ("md", """## Where the structure is (no model needed)
+
+Before anything is segmented, medseg relates the two scans: are they in one frame of
+reference? which support slice does each query slice correspond to? where in the slice
+does the support sit? The weight-free `transfer` method (each query slice takes the mask of
+its best-matched augmented support slice) uses only that, so its scores are real even
+without SAM2 weights."""),
+    ("code", """quick = medseg.Segmenter().segment(paths["support"], paths["support_label"], paths["query"],
+                                   labels=[5, 1], names=["liver", "spleen"], method="transfer")
+loc = quick.report.location
+print("correspondence:", loc["method"], "| slope", loc["slope"], "| similarity", loc["score"],
+      "| shared frame:", loc["shared_frame"])
+print("placement:", [g.placement[0]["method"] for g in quick.groups])
+from medseg.metrics import evaluate_labelmaps
+
+for s, name in zip(evaluate_labelmaps(quick.labels.array, ref.array, query.spacing_zyx,
+                                      labels=[1, 2], ref_labels=[5, 1]), ["liver", "spleen"]):
+    print(f"transfer {name:7s} Dice {s.dice:.3f}")"""),
+    ("md", "## Segment the query with SAM2"),
     ("code", """seg = medseg.Segmenter("tiny", ckpt, device="auto")
 res = seg.segment(paths["support"], paths["support_label"], paths["query"], labels=[5, 1],
                   names=["liver", "spleen"], mode="pair", matcher="sam2", bank_size=8, seed=0)
@@ -132,11 +150,22 @@ for k, v in files.items():
 
 
 def main() -> None:
+    """Write the notebook; ``--execute`` runs it and keeps the outputs (as committed)."""
+    import sys
+
     nb = nbf.v4.new_notebook()
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nb.cells = [nbf.v4.new_markdown_cell(src) if kind == "md" else nbf.v4.new_code_cell(src)
                 for kind, src in CELLS]
     path = Path(__file__).parents[1] / "notebooks" / "quickstart.ipynb"
+    if "--execute" in sys.argv:
+        import tempfile
+
+        import nbclient
+
+        work = Path(tempfile.mkdtemp(prefix="medseg-notebook-"))
+        nbclient.NotebookClient(nb, timeout=1800, kernel_name="python3",
+                                resources={"metadata": {"path": str(work)}}).execute()
     nbf.write(nb, path)
     print(f"wrote {path}")
 

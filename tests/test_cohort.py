@@ -107,9 +107,12 @@ def test_segment_many_and_support_reuse(cohort, random_checkpoint):
     # bank's encodings
     assert res[1].report.timings_s["support"] < res[0].report.timings_s["support"]
     assert res[0].groups[0].bank is res[1].groups[0].bank
-    placed = list(seg.segment_many(files["s"], files["l"], qs, labels=[1], bank_size=2))
-    moved = [r.groups[0].placement[0]["shift_px"] for r in placed]
-    assert moved[0] != moved[1] and placed[0].groups[0].bank is not placed[1].groups[0].bank
+    placed = list(seg.segment_many(files["s"], files["l"], qs, labels=[1], bank_size=2,
+                                   placement="search"))
+    where = [(r.groups[0].placement[0]["shift_px"], r.groups[0].placement[0]["zoom"])
+             for r in placed]
+    same = where[0] == where[1]  # the bank depends on where the slice lands, nothing else
+    assert (placed[0].groups[0].bank is placed[1].groups[0].bank) == same
 
 
 @pytest.mark.slow

@@ -95,7 +95,7 @@ def test_small_field_of_view_is_found_by_translation_search():
     dy, dx, score = masked_ncc_shift(big, crop)
     assert (dy, dx) == (30, 70) and score > 0.99
     # as a placement: where the support's centre lies relative to the query's centre
-    cy, cx, score = place(big, (1.0, 1.0), crop, (1.0, 1.0), downsample_mm=1.0)
+    cy, cx, zoom, score = place(big, (1.0, 1.0), crop, (1.0, 1.0), downsample_mm=1.0)
     assert (round(cy), round(cx)) == (round(59.5 - 30 - 24.5), round(69.5 - 70 - 29.5))
 
 

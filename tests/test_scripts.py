@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytestmark = pytest.mark.slow
@@ -43,3 +44,39 @@ def test_quality_benchmark_one_case(tmp_path):
 def test_fetch_example_data():
     out = _run(ROOT / "scripts/fetch_example_data.py")
     assert "ct-liver-spleen" in out and "query_ref" in out
+
+
+def _abdomen(seed: int, n: int = 24):
+    """A synthetic abdomen with liver (6), spleen (1), kidneys (3 left, 2 right), SABS values."""
+    rng = np.random.default_rng(seed)
+    z, y, x = np.meshgrid(np.linspace(-1, 1, n), np.linspace(-1, 1, 48), np.linspace(-1, 1, 48),
+                          indexing="ij")
+    s = 1 + 0.05 * rng.standard_normal()
+    img = np.where((y / 0.8) ** 2 + (x / 0.9) ** 2 < 1, 0.3, 0.0)
+    lab = np.zeros(img.shape, np.uint8)
+    for v, (cz, cy, cx, r, val) in {6: (0.3, -0.1, -0.4, 0.45, 0.7), 1: (0.4, 0.2, 0.5, 0.25, 0.9),
+                                    2: (-0.3, 0.4, -0.3, 0.2, 0.5), 3: (-0.3, 0.4, 0.3, 0.2, 0.6)
+                                    }.items():
+        m = ((z - cz) / (r * 1.5)) ** 2 + ((y - cy) / (r * s)) ** 2 + ((x - cx) / (r * s)) ** 2 < 1
+        img[m] = val
+        lab[m] = v
+    img = img + 0.02 * rng.standard_normal(img.shape)
+    return img.astype(np.float32), lab
+
+
+def test_protocol_benchmark_on_a_synthetic_dataset(tmp_path):
+    from medseg.io import Volume, write_image
+
+    root = tmp_path / "sabs"
+    root.mkdir()
+    for i in range(6):
+        img, lab = _abdomen(i)
+        write_image(Volume(img, (3.0, 3.0, 5.0)), root / f"image_{i}.nii.gz")
+        write_image(Volume(lab, (3.0, 3.0, 5.0)), root / f"label_{i}.nii.gz")
+    out = _run(ROOT / "scripts/benchmark_protocol.py", "--root", root, "--dataset", "sabs",
+               "--folds", "2", "--out", tmp_path / "o")
+    assert "organ slices (protocol)" in out and "whole volume" in out
+    data = json.loads((tmp_path / "o/protocol_sabs_transfer.json").read_text())
+    table = data["table"]["dice_protocol"]
+    assert set(table) == {"liver", "spleen", "left kidney", "right kidney", "mean"}
+    assert table["mean"] > 0.5 and len(data["rows"]) == 6 * 4
