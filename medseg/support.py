@@ -30,7 +30,7 @@ from .errors import InputError
 from .frames import FrameStack, label_to_frames, resample_frame
 from .io import Volume
 from .labels import LabelPlan, PlanEntry
-from .locate import ZOOMS, Correspondence, fov_cuts_body, place, place_by_body
+from .locate import ZOOMS, Correspondence, expected_frames, fov_cuts_body, place, place_by_body
 from .segmentations import SupportLabel
 
 MAX_DENSE = 16  # support slices per structure when the label covers many
@@ -121,8 +121,11 @@ def prepare_support(support: FrameStack, image: Volume, label: SupportLabel, pla
     for gi, (frames, entries) in enumerate(groups.items()):
         per = bank.size if len(frames) == 1 else max(1, bank.size // len(frames))
         cfg = replace(bank, size=per, seed=bank.seed + 1000 * gi)
+        labelled = [np.nonzero(masks[e.support_value].any(axis=(1, 2)))[0] for e in entries]
+        exp = expected_frames(corr, np.concatenate(labelled)) if corr is not None else None
         placed = [_slice_bank(support, query, f, [masks[e.support_value][f] for e in entries],
-                              cfg, int(src_index[f]), corr, placement, banks) for f in frames]
+                              cfg, int(src_index[f]), corr, placement, banks, exp)
+                  for f in frames]
         b = _cached(banks, ("group", *(p[2] for p in placed)),
                     lambda placed=placed: Bank.concat([p[0] for p in placed]))
         for k, e in enumerate(entries):
@@ -130,7 +133,6 @@ def prepare_support(support: FrameStack, image: Volume, label: SupportLabel, pla
                 raise InputError(f"{e.name} (label {e.support_value}): too small to survive "
                                  f"resampling to the query grid (support slice "
                                  f"{int(src_index[frames[0]])}); pick a larger slice")
-        labelled = [np.nonzero(masks[e.support_value].any(axis=(1, 2)))[0] for e in entries]
         out.append(SupportGroup([int(src_index[f]) for f in frames], list(frames), entries, b,
                                 [p[1] for p in placed], labelled))
     return out
@@ -138,12 +140,13 @@ def prepare_support(support: FrameStack, image: Volume, label: SupportLabel, pla
 
 def _slice_bank(support: FrameStack, query: FrameStack, f: int, masks: list[np.ndarray],
                 cfg: BankConfig, source: int, corr: Correspondence | None, placement: str,
-                banks: dict | None = None) -> tuple[Bank, dict, tuple]:
+                banks: dict | None = None, expected: np.ndarray | None = None
+                ) -> tuple[Bank, dict, tuple]:
     """Bank of one support slice, resampled to the query's pixel grid and placed (reused
     from ``banks`` when the same slice lands the same way on the same grid), how it was
     placed, and its key in ``banks``."""
     shape, qsp, ssp = query.frames.shape[1:], query.spacing[1:], support.spacing[1:]
-    shift, how = placement_shift(support, query, f, corr, placement)
+    shift, how = placement_shift(support, query, f, corr, placement, expected)
     zoom = how.get("zoom", 1.0)
     key = (f, shape, tuple(np.round(qsp, 6)), tuple(np.round(shift, 1)), round(zoom, 3), cfg,
            tuple(m.tobytes().__hash__() for m in masks))
@@ -178,9 +181,11 @@ def counterpart(corr: Correspondence | None, f: int, n: int) -> int:
 
 
 def placement_shift(support: FrameStack, query: FrameStack, f: int, corr: Correspondence | None,
-                    placement: str) -> tuple[tuple[float, float], dict]:
+                    placement: str, expected: np.ndarray | None = None
+                    ) -> tuple[tuple[float, float], dict]:
     """Where the support slice's centre goes on the query grid (query pixels from the
-    query centre), and how that was decided."""
+    query centre), and how that was decided. ``expected``: query frames where the
+    structure is expected (a content search looks at five of them, not one)."""
     i = counterpart(corr, f, len(query))
     if placement == "centre":
         return (0.0, 0.0), {"method": "centre", "query_frame": i}
@@ -196,9 +201,9 @@ def placement_shift(support: FrameStack, query: FrameStack, f: int, corr: Corres
             return (dy, dx), {"method": "body", "query_frame": i, "zoom": round(zoom, 3),
                               "shift_px": [round(dy, 1), round(dx, 1)]}
     if placement in ("auto", "search"):
-        near = range(max(0, i - 2), min(len(query), i + 3))  # the counterpart and neighbours
         found = np.array([place(support.frames[f], support.spacing[1:], query.frames[j],
-                                query.spacing[1:], zooms=ZOOMS) for j in near])
+                                query.spacing[1:], zooms=ZOOMS)
+                          for j in _search_frames(i, expected, len(query))])
         dy, dx, zoom, score = (float(v) for v in np.median(found, axis=0))
         if score >= PLACE_MIN_NCC or placement == "search":
             return (dy, dx), {"method": "search", "query_frame": i, "ncc": round(score, 3),
@@ -206,6 +211,15 @@ def placement_shift(support: FrameStack, query: FrameStack, f: int, corr: Corres
         return (0.0, 0.0), {"method": "centre", "query_frame": i,
                             "note": f"content search unsure (ncc {score:.2f})"}
     return (0.0, 0.0), {"method": "centre", "query_frame": i}
+
+
+def _search_frames(i: int, expected: np.ndarray | None, n: int) -> list[int]:
+    """The counterpart frame and four more spread over the expected extent (or around
+    the counterpart): one badly corresponding frame cannot decide the placement."""
+    idx = np.nonzero(expected)[0] if expected is not None and np.any(expected) else \
+        np.arange(max(0, i - 2), min(n, i + 3))
+    picks = np.round(np.linspace(idx.min(), idx.max(), 5)).astype(int)
+    return sorted({int(i), *(int(j) for j in picks)})
 
 
 def position_prior(group: SupportGroup, corr: Correspondence | None, n: int) -> np.ndarray | None:
