@@ -9,11 +9,9 @@ when a stage needs it (``method=sam2`` or ``matcher=sam2``).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -44,6 +42,7 @@ from .report import FrameRecord, GroupRecord, Report
 from .result import Result
 from .segmentations import SupportLabel, read_support_label
 from .support import SupportGroup, counterpart, position_prior, prepare_support
+from .timing import Timer
 
 ImageInput = "str | os.PathLike | Volume"
 
@@ -112,18 +111,6 @@ def make_config(config: SegmentConfig | None, options: dict[str, Any]) -> Segmen
     if unknown:
         raise TypeError(f"unknown option(s): {', '.join(sorted(unknown))}")
     return replace(cfg, **options).check()
-
-
-class Timer(dict):
-    """Seconds per stage: ``with timer("match"): ...``."""
-
-    @contextlib.contextmanager
-    def __call__(self, stage: str) -> Iterator[None]:
-        t0 = time.perf_counter()
-        try:
-            yield
-        finally:
-            self[stage] = self.get(stage, 0.0) + time.perf_counter() - t0
 
 
 # --- stages --------------------------------------------------------------------------------------

@@ -90,3 +90,39 @@ def pytest_collection_modifyitems(config, items):
         skip = pytest.mark.skip(reason="needs a CUDA GPU")
         for item in gpu_items:
             item.add_marker(skip)
+
+
+TRANSFER = ["--method", "transfer", "--bank-size", "1", "--no-download"]  # no model needed
+
+
+def run_cli(args, capsys):
+    """(exit code, stdout, stderr) of ``medseg ARGS`` run in this process."""
+    from medseg.cli import main
+
+    code = main([str(a) for a in args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def write_dicom_series(folder, vol, series: str = "1.2.3.4", skip: int | None = None,
+                       name: str = "s"):
+    """Slices of ``vol`` as a DICOM series (axis-aligned): one file per slice."""
+    import SimpleITK as sitk
+
+    folder.mkdir(exist_ok=True)
+    for k in range(vol.shape[0]):
+        if k == skip:
+            continue
+        sl = sitk.GetImageFromArray(vol.array[k : k + 1].astype(np.int16))
+        sl.SetSpacing(vol.spacing)
+        pos = vol.index_to_world([0, 0, k])
+        sl.SetOrigin(tuple(pos))
+        for tag, value in (("0020|000e", series), ("0020|0013", str(k + 1)),
+                           ("0020|0032", "\\".join(f"{c:.4f}" for c in pos)),
+                           ("0020|0037", "1\\0\\0\\0\\1\\0"), ("0008|0060", "CT")):
+            sl.SetMetaData(tag, value)
+        w = sitk.ImageFileWriter()
+        w.KeepOriginalImageUIDOn()
+        w.SetFileName(str(folder / f"{name}{series}_{k:03d}.dcm"))
+        w.Execute(sl)
+    return folder

@@ -6,20 +6,13 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import phantom, write_case
+from conftest import TRANSFER, phantom, run_cli, write_case
 
-from medseg.cli import main
 from medseg.cohort import expand_queries, output_stems, outputs_valid
 from medseg.errors import EXIT_PARTIAL
 from medseg.io import read_image, write_image
 
-TRANSFER = ["--method", "transfer", "--bank-size", "1", "--no-download"]
-
-
-def run(args, capsys):
-    code = main([str(a) for a in args])
-    out = capsys.readouterr()
-    return code, out.out, out.err
+run = run_cli
 
 
 @pytest.fixture

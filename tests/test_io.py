@@ -4,7 +4,7 @@ import warnings
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from conftest import OBLIQUE, phantom, rotation
+from conftest import OBLIQUE, phantom, rotation, write_dicom_series
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -85,20 +85,9 @@ def test_dicom_series_and_choice(tmp_path, oblique_pair):
     img, _ = oblique_pair
     vol = Volume(img.array[:6], spacing=(0.7, 0.7, 2.0), direction=np.eye(3))
     folder = tmp_path / "dcm"
-    folder.mkdir()
-    for series, n in (("1.2.3.1", 6), ("1.2.3.2", 3)):
-        for k in range(n):
-            sl = sitk.GetImageFromArray(vol.array[k : k + 1].astype(np.int16))
-            sl.SetSpacing(vol.spacing)
-            sl.SetOrigin(tuple(vol.index_to_world([0, 0, k])))
-            for tag, value in (("0020|000e", series), ("0020|0013", str(k + 1)),
-                               ("0020|0032", "\\".join(f"{c:.4f}" for c in vol.index_to_world([0, 0, k]))),
-                               ("0020|0037", "1\\0\\0\\0\\1\\0"), ("0008|0060", "CT")):
-                sl.SetMetaData(tag, value)
-            w = sitk.ImageFileWriter()
-            w.KeepOriginalImageUIDOn()
-            w.SetFileName(str(folder / f"{series}_{k}.dcm"))
-            w.Execute(sl)
+    write_dicom_series(folder, vol, "1.2.3.1")
+    write_dicom_series(folder, Volume(vol.array[:3], vol.spacing, vol.origin, vol.direction),
+                       "1.2.3.2")
     with pytest.warns(UserWarning, match="2 DICOM series found; using 1.2.3.1"):
         got = read_image(folder)
     assert got.shape[0] == 6 and got.meta["dicom_series"] == "1.2.3.1"

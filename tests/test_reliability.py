@@ -12,11 +12,10 @@ import nrrd
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from conftest import phantom, write_case
+from conftest import TRANSFER, phantom, run_cli, write_case, write_dicom_series
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from medseg.cli import main
 from medseg.errors import (
     EXIT_INPUT,
     EXIT_MODEL,
@@ -29,13 +28,7 @@ from medseg.errors import (
 )
 from medseg.io import Volume, read_image, write_image
 
-TRANSFER = ["--method", "transfer", "--bank-size", "1", "--no-download"]
-
-
-def run(args, capsys):
-    code = main([str(a) for a in args])
-    out = capsys.readouterr()
-    return code, out.out, out.err
+run = run_cli
 
 
 @pytest.fixture
@@ -130,22 +123,7 @@ def test_6_any_label_value(tmp_path, case, value):
 def _dicom_series(folder, n=20, drop=None):
     vol = Volume(np.random.default_rng(0).integers(0, 200, (n, 16, 16)).astype(np.int16),
                  spacing=(0.7, 0.7, 2.0))
-    folder.mkdir()
-    for k in range(n):
-        if k == drop:
-            continue
-        sl = sitk.GetImageFromArray(vol.array[k : k + 1])
-        sl.SetSpacing(vol.spacing)
-        pos = vol.index_to_world([0, 0, k])
-        for tag, v in (("0020|000e", "1.2.3.4"), ("0020|0013", str(k + 1)),
-                       ("0020|0032", "\\".join(f"{c:.4f}" for c in pos)),
-                       ("0020|0037", "1\\0\\0\\0\\1\\0"), ("0008|0060", "CT")):
-            sl.SetMetaData(tag, v)
-        w = sitk.ImageFileWriter()
-        w.KeepOriginalImageUIDOn()
-        w.SetFileName(str(folder / f"s{k:03d}.dcm"))
-        w.Execute(sl)
-    return folder
+    return write_dicom_series(folder, vol, skip=drop)
 
 
 def test_7_dicom_series_with_a_missing_slice(tmp_path):

@@ -8,21 +8,14 @@ import subprocess
 import nrrd
 import numpy as np
 import pytest
-from conftest import write_case
+from conftest import TRANSFER, run_cli, write_case
 
 from medseg import data
-from medseg.cli import main
 from medseg.errors import EXIT_INPUT, EXIT_USAGE, InputError
 from medseg.io import read_image, write_image
 from medseg.segmentations import find_label_beside, read_support_label
 
-TRANSFER = ["--method", "transfer", "--bank-size", "1", "--no-download"]
-
-
-def run(args, capsys):
-    code = main([str(a) for a in args])
-    out = capsys.readouterr()
-    return code, out.out, out.err
+run = run_cli
 
 
 @pytest.fixture(scope="module")

@@ -28,6 +28,7 @@ import numpy as np
 from ..checkpoints import model_spec, resolve_checkpoint, sha256, validate_checkpoint
 from ..errors import DeviceError, ModelError
 from ..frames import to_model_input
+from ..timing import Timer
 
 MATCH_POOL = 16  # LPIPS-style distance on features average-pooled to 16 x 16
 Progress = Callable[[int], None]
@@ -72,18 +73,6 @@ class EngineOutput:
     distances: np.ndarray | None = None  # (n, M) matcher distances, if computed here
     timings: dict[str, float] = field(default_factory=dict)
     logits: np.ndarray | None = None  # (n, K, H, W) float32 mask logits, if asked for
-
-
-class _Timer(dict):
-    """Seconds per named step: ``with t("encode"): ...``."""
-
-    @contextlib.contextmanager
-    def __call__(self, key: str) -> Iterator[None]:
-        t0 = time.perf_counter()
-        try:
-            yield
-        finally:
-            self[key] = self.get(key, 0.0) + time.perf_counter() - t0
 
 
 def merge(logits, obj_to_label: Sequence[int]) -> np.ndarray:
@@ -369,7 +358,7 @@ class Sam2Engine:
         """
         n, h, w = query.shape
         store = store or self.store(query)
-        col, t = _Collector(n, bank_masks.shape[1], h, w, keep_logits), _Timer()
+        col, t = _Collector(n, bank_masks.shape[1], h, w, keep_logits), Timer()
         to_match = matches is None
         members = range(len(bank_images)) if to_match else sorted(set(int(m) for m in matches))
         with t("encode"):
@@ -438,7 +427,7 @@ class Sam2Engine:
 
         n, h, w = query.shape
         k = support_masks.shape[0]
-        col, t = _Collector(n, k, h, w, keep_logits), _Timer()
+        col, t = _Collector(n, k, h, w, keep_logits), Timer()
         objs = [o for o in range(k) if support_masks[o].any()]
         if not objs:
             return col.output(np.full(n, -1), None, t)
