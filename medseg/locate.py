@@ -216,26 +216,29 @@ def body_mask(frame: np.ndarray, spacing) -> np.ndarray:
     return ndimage.binary_fill_holes(lab == int(np.argmax(sizes)))
 
 
-def frame_descriptors(stack: FrameStack) -> np.ndarray:
+def frame_descriptors(stack: FrameStack, grid_mm: float = 3.0) -> np.ndarray:
     """(n, CANVAS * CANVAS): every frame's body (arms and table left out) scaled to fill
     85 % of the canvas and centred, zero-mean and unit-norm. Scaling each body to one size
     compares anatomy relative to the body outline, so patients of different size still
-    match slice for slice."""
+    match slice for slice. Frames are first brought to ``grid_mm`` pixels (cheap to work on
+    and enough for a 64-pixel canvas)."""
     sp = np.asarray(stack.spacing[1:], float)
+    g = max(grid_mm, float(sp.min()))
+    shape = tuple(max(8, int(round(n * p / g))) for n, p in zip(stack.frames.shape[1:], sp))
     out = np.zeros((len(stack), CANVAS * CANVAS), np.float32)
     for f, frame in enumerate(stack.frames):
-        body = body_mask(frame, sp)
+        small = resample_frame(frame, tuple(sp), shape, (g, g), order=1)
+        body = body_mask(small, (g, g))
         if body.any():
             ys, xs = np.nonzero(body)
             centre = np.array([(ys.min() + ys.max()) / 2, (xs.min() + xs.max()) / 2])
-            extent = max((ys.max() - ys.min() + 1) * sp[0], (xs.max() - xs.min() + 1) * sp[1])
+            extent = g * max(ys.max() - ys.min() + 1, xs.max() - xs.min() + 1)
         else:
-            centre = (np.array(frame.shape) - 1) / 2
-            extent = float(max(np.array(frame.shape) * sp))
+            centre, extent = (np.array(shape) - 1) / 2, g * max(shape)
         px = extent / (0.85 * CANVAS)  # mm per canvas pixel
-        shift = ((np.array(frame.shape) - 1) / 2 - centre) * sp / px
-        out[f] = resample_frame(np.where(body, frame, 0.0), tuple(sp), (CANVAS, CANVAS),
-                                (px, px), order=1, shift=tuple(shift)).ravel()
+        shift = ((np.array(shape) - 1) / 2 - centre) * g / px
+        out[f] = resample_frame(np.where(body, small, 0.0), (g, g), (CANVAS, CANVAS), (px, px),
+                                order=1, shift=tuple(shift)).ravel()
     out -= out.mean(axis=1, keepdims=True)
     return out / (np.linalg.norm(out, axis=1, keepdims=True) + 1e-6)
 

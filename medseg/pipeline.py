@@ -245,6 +245,7 @@ def run(support: Any, support_label: Any, query: Any, cfg: SegmentConfig,
     """Segment ``query``; ``engine()`` returns the loaded SAM2 engine when one is needed.
     ``cache`` keeps the support and its banks across queries."""
     cache = cache or SupportCache()
+    _warm_imports()
     t = Timer()
     with t("load"):
         s, label = cache.support(support, support_label, cfg)
@@ -278,6 +279,17 @@ def run(support: Any, support_label: Any, query: Any, cfg: SegmentConfig,
                           holes=cfg.fill_holes, frame_range=parse_range(cfg.z_range, len(q)))
     return assemble(inputs, frames, plan, groups, combined, lab, cfg, eng, t,
                     Located(corr, expected))
+
+
+def _warm_imports() -> None:
+    """Import the augmentation library in the background while the scans load (it takes
+    a second or two and only the support stage needs it)."""
+    import sys
+    import threading
+
+    if "albumentations" not in sys.modules:
+        os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+        threading.Thread(target=__import__, args=("albumentations",), daemon=True).start()
 
 
 @dataclass

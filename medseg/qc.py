@@ -90,7 +90,7 @@ def qc_figure(result: Result, path: str | os.PathLike, count: int = 8, dpi: int 
            else f"SAM2 {cfg.get('mode', '')} mode")
     fig.suptitle(f"medseg QC ({how}, matcher {cfg.get('matcher', '?')}): top query slices, "
                  f"middle the support member each was matched with ({group.entries[0].name})"
-                 f"{note}", fontsize=10)
+                 f"{note}", fontsize=10, wrap=True)
     fig.savefig(path, dpi=dpi, format=fmt or Path(path).suffix[1:].lower() or "png")
     plt.close(fig)
     return Path(path)
