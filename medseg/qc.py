@@ -86,7 +86,7 @@ def qc_figure(result: Result, path: str | os.PathLike, count: int = 8, dpi: int 
     ax3.legend(loc="upper left", fontsize=8)
     note = " — RANDOM-WEIGHT MODEL: masks are meaningless" if result.report.random_weights else ""
     cfg = result.report.config
-    how = ("matcher transfer, no SAM2" if cfg.get("method") == "transfer"
+    how = ("method transfer, no SAM2" if cfg.get("method") == "transfer"
            else f"SAM2 {cfg.get('mode', '')} mode")
     fig.suptitle(f"medseg QC ({how}, matcher {cfg.get('matcher', '?')}): top query slices, "
                  f"middle the support member each was matched with ({group.entries[0].name})"
