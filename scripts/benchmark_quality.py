@@ -96,9 +96,14 @@ def registration_baseline(support: Volume, support_label: Volume, query: Volume,
     best_val, affine = np.inf, None
     for start in init:  # the best few starts, each refined to a full affine
         r = method(start, 200)
-        out = r.Execute(fixed, moving)
+        try:
+            out = r.Execute(fixed, moving)
+        except RuntimeError:  # the refinement left the overlap ("samples map outside")
+            continue
         if r.GetMetricValue() < best_val:
             best_val, affine = r.GetMetricValue(), out
+    if affine is None:  # no start could be refined: the registration found nothing
+        return np.zeros(query.shape, np.uint8)
     transform = affine
     if bspline:
         mesh = [4] * 3
