@@ -164,8 +164,7 @@ def read_slicer_seg(p: Path, image: Volume, resample: bool, name: str) -> Suppor
     except Exception as exc:
         raise InputError(f"{name} {p}: cannot read the Slicer segmentation ({exc})") from exc
     header.update(utf8_custom_fields(p))  # pynrrd drops non-ASCII bytes of segment names
-    if data.ndim == 3:
-        data = data[None]
+    data = _layers_first(data, header, p)
     geo = _nrrd_geometry(header, p)
     segments, where = {}, {}
     metas = _segment_headers(header)
@@ -190,6 +189,18 @@ def read_slicer_seg(p: Path, image: Volume, resample: bool, name: str) -> Suppor
     if not segments:
         raise InputError(f"{name} {p}: every segment is empty; paint the structure first")
     return SupportLabel(layers, segments, where, str(p), "slicer", notes)
+
+
+def _layers_first(data: np.ndarray, header: dict, p: Path) -> np.ndarray:
+    """(layers, z, y, x): Slicer writes overlapping segments as a 4D file whose ``list``
+    axis (one per layer) is the NRRD's first, i.e. the last axis in C order."""
+    if data.ndim == 3:
+        return data[None]
+    kinds = [str(k).lower() for k in header.get("kinds", [])]
+    if data.ndim != 4 or kinds.count("list") != 1:
+        raise InputError(f"{p}: a 4D segmentation needs one 'list' axis (kinds: "
+                         f"{' '.join(kinds) or 'none'})")
+    return np.moveaxis(data, data.ndim - 1 - kinds.index("list"), 0)
 
 
 def utf8_custom_fields(p: Path) -> dict[str, str]:

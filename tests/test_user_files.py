@@ -90,25 +90,25 @@ def test_cropped_and_multilayer_slicer_segmentations(tmp_path, slicer_files):
     for v in (5, 6):
         np.testing.assert_array_equal(got.mask(v), full.mask(v))
     assert "embedded" in got.notes[0]
-    # two overlapping segments in two layers (4D, first axis a list)
-    lung = full.mask(5).astype(np.uint8)
+    # two overlapping segments in two layers, written by slicerio as Slicer writes them (4D,
+    # the NRRD's first axis a list of layers)
+    import slicerio
+
+    lung = full.mask(5)
     grown = np.zeros_like(lung)
     grown[:, :, :-3] = lung[:, :, 3:]  # overlaps the first
-    layered = np.stack([lung, grown * 1])
-    h4 = {"type": "unsigned char", "dimension": 4, "space": "left-posterior-superior",
-          "sizes": np.array([2, *lung.shape[::-1]]), "kinds": ["list", "domain", "domain", "domain"],
-          "space directions": np.vstack([np.full(3, np.nan), hdr["space directions"]]),
-          "space origin": hdr["space origin"], "encoding": "gzip"}
-    for i, name in enumerate(["lung A", "lung B"]):
-        h4.update({f"Segment{i}_ID": f"S{i}", f"Segment{i}_Name": name,
-                   f"Segment{i}_LabelValue": "1", f"Segment{i}_Layer": str(i),
-                   f"Segment{i}_Color": "0.5 0.5 0.5"})
+    ref = slicerio.read_segmentation(str(seg), skip_voxels=True)
+    multi_seg = slicerio.create_segmentation(lung.shape[::-1], ref["ijkToLPS"])
+    for name, m in (("lung A", lung), ("lung B", grown)):
+        slicerio.add_segment(multi_seg, m.transpose(2, 1, 0), {"name": name})
+    assert multi_seg["voxels"].ndim == 4
     multi = tmp_path / "multi.seg.nrrd"
-    nrrd.write(str(multi), layered, h4, index_order="C")
+    slicerio.write_segmentation(str(multi), multi_seg)
     got = read_support_label(multi, img)
     assert [got.segments[v].name for v in got.values] == ["lung A", "lung B"]
     a, b = got.mask(got.values[0]), got.mask(got.values[1])
-    np.testing.assert_array_equal(a, lung > 0)
+    np.testing.assert_array_equal(a, lung)
+    np.testing.assert_array_equal(b, grown)
     assert (a & b).any()  # overlap kept
 
 
