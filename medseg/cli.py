@@ -162,6 +162,7 @@ def _opt(default, *flags: str, **kw):
 Presence = _choices("Presence", opt.PRESENCE)
 Placement = _choices("Placement", opt.PLACEMENT)
 Correspondence = _choices("Correspondence", opt.CORRESPONDENCE)
+Overlap = _choices("Overlap", opt.OVERLAP)
 A = Annotated
 OptPath = Optional[Path]
 O_SUPPORT = _opt(..., "--support", "-s", help="Support scan (NIfTI, NRRD or DICOM folder) "
@@ -189,6 +190,10 @@ O_PLACEMENT = _opt("auto", "--placement", help="In-plane: auto (world in a share
                    "box, content search for cropped views), world, body, search, centre.")
 O_CORR = _opt("auto", "--correspondence", help="auto: relate query to support slices by "
               "content or world position; off: by order only.")
+O_OVERLAP = _opt("first", "--overlap", help="Structures that overlap: first (one labelmap: the "
+                 "first listed or higher SAM2 logit wins) or keep (multi-layer .seg.nrrd, "
+                 "overlapping DICOM-SEG segments; the NIfTI labelmap unchanged).")
+O_LARGEST = _opt(False, "--largest-component", help="Keep the largest 3D connected component.")
 O_WINDOW = _opt(None, "--window", help="CT window: abdomen (default), soft-tissue, lung, bone, "
                 "brain, or LEVEL,WIDTH.")
 
@@ -230,8 +235,8 @@ def segment(
     presence: A[Presence, O_PRESENCE] = "auto",
     placement: A[Placement, O_PLACEMENT] = "auto",
     correspondence: A[Correspondence, O_CORR] = "auto",
-    largest_component: A[bool, _opt(False, "--largest-component", help="Keep the largest 3D "
-                                    "connected component.")] = False,
+    overlap: A[Overlap, O_OVERLAP] = "first",
+    largest_component: A[bool, O_LARGEST] = False,
     fill_holes: A[bool, _opt(False, "--fill-holes", help="Fill holes slice by slice.")] = False,
     z_range: A[Optional[str], _opt(None, "--z-range", help="Keep frames START:STOP.")] = None,
     resample_label: A[bool, _opt(False, "--resample-label", help="Resample a support label on "
@@ -286,7 +291,7 @@ def _segment_command(**a) -> None:
 
 
 CONFIG_KEYS = ("mode", "method", "axis", "window", "modality", "support_slice", "shots",
-               "presence", "placement", "correspondence", "fill_holes", "z_range",
+               "presence", "placement", "correspondence", "overlap", "fill_holes", "z_range",
                "resample_label", "support_series", "bank_size", "seed")
 
 

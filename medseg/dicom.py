@@ -232,7 +232,9 @@ def write_dicom_seg(result: Result, path: Path) -> None:
 
     sources = [_source(f) for f in query_files(result)]
     labels = result.labels.array  # (z, y, x): z follows the series' file order
-    masks = np.stack([labels == e.output_value for e in result.plan], axis=-1).astype(np.uint8)
+    own = result.structure_masks()  # overlaps kept (overlap="keep"): segments may overlap
+    masks = np.stack([labels == e.output_value for e in result.plan] if own is None
+                     else list(own), axis=-1).astype(np.uint8)
     algo = hd.AlgorithmIdentificationSequence(
         name="medseg", version=__version__, family=codes.cid7162.ArtificialIntelligence)
     descs = []

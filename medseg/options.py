@@ -20,6 +20,7 @@ FORMATS = ("nifti", "seg.nrrd", "dicom-seg", "itk-snap")
 PRESENCE = ("auto", "off")  # empty masks on frames judged not to hold the structure
 CORRESPONDENCE = ("auto", "off")  # relate query slices to support slices (off: by order only)
 PLACEMENT = ("auto", "world", "body", "search", "centre")  # where the support sits in-plane
+OVERLAP = ("first", "keep")  # overlapping structures: the first listed wins, or both kept
 
 
 def check_choice(value: str, choices: Sequence[str], option: str) -> str:

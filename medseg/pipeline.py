@@ -30,13 +30,14 @@ from .options import (
     METHODS,
     MODALITIES,
     MODES,
+    OVERLAP,
     PLACEMENT,
     PRESENCE,
     check_choice,
     check_int,
     check_range_syntax,
 )
-from .postprocess import parse_range, postprocess
+from .postprocess import parse_range, postprocess, postprocess_masks
 from .propagate import Matching, Propagation, Sam2Pairs, Sam2Volume, Transfer
 from .report import FrameRecord, GroupRecord, Report
 from .result import Result
@@ -64,6 +65,7 @@ class SegmentConfig:
     presence: str = "auto"  # "auto": empty masks outside the structure's expected extent
     correspondence: str = "auto"  # "off": query and support slices related by order only
     placement: str = "auto"  # in-plane: "auto" (world if shared, else search), ...
+    overlap: str = "first"  # "keep": structures may overlap (multi-layer .seg.nrrd, DICOM-SEG)
     bank: BankConfig = field(default_factory=BankConfig)
     keep_largest: bool = False
     fill_holes: bool = False
@@ -84,6 +86,7 @@ class SegmentConfig:
         check_choice(self.presence, PRESENCE, "presence")
         check_choice(self.correspondence, CORRESPONDENCE, "correspondence")
         check_choice(self.placement, PLACEMENT, "placement")
+        check_choice(self.overlap, OVERLAP, "overlap")
         check_int(self.bank.seed, "seed", 0, 2**31 - 1)
         if self.support_slice is not None:
             check_int(self.support_slice, "support_slice", 0)
@@ -196,11 +199,12 @@ class Methods:
     def build(cls, cfg: SegmentConfig, frames: Frames, engine: Any, budget_mb: float) -> Methods:
         store = engine.store(frames.query.frames, budget_mb) if engine is not None else None
         matcher = make_matcher(cfg.matcher, engine, store)
+        keep = cfg.overlap == "keep"
         if cfg.method == "transfer":
-            return cls(matcher, Transfer(), False)
+            return cls(matcher, Transfer(keep), False)
         if cfg.mode == "pair":
-            return cls(matcher, Sam2Pairs(engine, store), cfg.matcher == "sam2")
-        return cls(matcher, Sam2Volume(engine, store), False)
+            return cls(matcher, Sam2Pairs(engine, store, keep), cfg.matcher == "sam2")
+        return cls(matcher, Sam2Volume(engine, store, keep), False)
 
     def match(self, query: np.ndarray, group: SupportGroup, corr: Correspondence,
               run: np.ndarray) -> Matching:
@@ -220,12 +224,16 @@ class Combined:
     labels: np.ndarray
     scores: np.ndarray
     props: list[Propagation]
+    masks: np.ndarray | None = None  # (N, n, H, W) bool per output value, overlaps kept
 
 
 def combine(props: list[Propagation], groups: list[SupportGroup], n_out: int, shape) -> Combined:
-    """Group labels -> output values; where groups overlap, the group listed first wins."""
+    """Group labels -> output values; where groups overlap, the group listed first wins.
+    Per-structure masks (overlaps kept) are gathered when the propagators kept them."""
     labels = np.zeros(shape, np.uint8 if n_out <= 255 else np.uint16)
     scores = np.full((shape[0], n_out), np.nan, np.float32)
+    keep = bool(props) and all(p.masks is not None for p in props)
+    masks = np.zeros((n_out, *shape), bool) if keep else None
     for p, g in zip(props, groups):
         lut = np.array([0, *g.outputs], labels.dtype)
         local = lut[p.labels]
@@ -233,7 +241,9 @@ def combine(props: list[Propagation], groups: list[SupportGroup], n_out: int, sh
         labels[free] = local[free]
         for k, o in enumerate(g.outputs):
             scores[:, o - 1] = p.object_scores[:, k]
-    return Combined(labels, scores, props)
+            if masks is not None:
+                masks[o - 1] = p.masks[:, k]
+    return Combined(labels, scores, props, masks)
 
 
 # --- the whole job ----------------------------------------------------------------------------
@@ -275,8 +285,11 @@ def run(support: Any, support_label: Any, query: Any, cfg: SegmentConfig,
     bar.close()
     combined = combine(props, groups, len(plan), q.shape)
     with t("postprocess"):
-        lab = postprocess(combined.labels, plan.output_values, keep_largest=cfg.keep_largest,
-                          holes=cfg.fill_holes, frame_range=parse_range(cfg.z_range, len(q)))
+        clean = {"keep_largest": cfg.keep_largest, "holes": cfg.fill_holes,
+                 "frame_range": parse_range(cfg.z_range, len(q))}
+        lab = postprocess(combined.labels, plan.output_values, **clean)
+        if combined.masks is not None:
+            combined.masks = postprocess_masks(combined.masks, **clean)
     return assemble(inputs, frames, plan, groups, combined, lab, cfg, eng, t,
                     Located(corr, expected))
 
@@ -313,6 +326,8 @@ def apply_presence(p: Propagation, expected: np.ndarray) -> Propagation:
     for k in range(expected.shape[1]):
         p.labels[~expected[:, k]] = np.where(p.labels[~expected[:, k]] == k + 1, 0,
                                              p.labels[~expected[:, k]])
+        if p.masks is not None:
+            p.masks[~expected[:, k], k] = False
     return p
 
 
@@ -334,7 +349,7 @@ def assemble(inputs: Inputs, frames: Frames, plan: LabelPlan, groups: list[Suppo
         timings_s=timings, engine=eng.describe(usage=True) if eng is not None else None,
         location=located.corr.describe())
     return Result(vol, plan, report, frames.query, labels, groups, matches, combined.scores,
-                  dict(q.meta))
+                  dict(q.meta), combined.masks)
 
 
 def _config_dict(cfg: SegmentConfig) -> dict:

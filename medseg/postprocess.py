@@ -72,3 +72,24 @@ def postprocess(
         out[(out == v) & ~m] = 0
         out[m & (out == 0)] = v
     return out
+
+
+def postprocess_masks(
+    masks: np.ndarray,
+    *,
+    keep_largest: bool = False,
+    holes: bool = False,
+    frame_range: tuple[int, int] | None = None,
+) -> np.ndarray:
+    """The same clean-ups on (N, n, H, W) per-structure masks (structures may overlap)."""
+    out = masks.copy()
+    if frame_range is not None:
+        a, b = frame_range
+        out[:, :a] = False
+        out[:, b:] = False
+    for i in range(len(out)):
+        if keep_largest and out[i].any():
+            out[i] = largest_component(out[i])
+        if holes and out[i].any():
+            out[i] = fill_holes(out[i])
+    return out

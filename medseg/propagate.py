@@ -54,6 +54,7 @@ class Propagation:
     members: np.ndarray
     distances: np.ndarray | None = None
     info: dict | None = None
+    masks: np.ndarray | None = None  # (n, K, H, W) bool per structure, overlaps kept (if asked)
 
 
 class Propagator(Protocol):
@@ -77,13 +78,17 @@ class Transfer:
 
     name = "transfer"
 
+    def __init__(self, keep_masks: bool = False):
+        self.keep_masks = keep_masks
+
     def run(self, query, group, matching, progress=None) -> Propagation:
         members = matching.members
         masks = transfer_masks(members, group.bank.masks)
         if progress:
             progress(len(query))
         scores = np.full((len(query), len(group.entries)), np.nan, np.float32)
-        return Propagation(overlay(masks), scores, members, matching.distances)
+        return Propagation(overlay(masks), scores, members, matching.distances,
+                           masks=masks.copy() if self.keep_masks else None)
 
 
 class Sam2Pairs:
@@ -91,8 +96,8 @@ class Sam2Pairs:
 
     name = "pair"
 
-    def __init__(self, engine: Any, store: Any = None):
-        self.engine, self.store = engine, store
+    def __init__(self, engine: Any, store: Any = None, keep_masks: bool = False):
+        self.engine, self.store, self.keep_masks = engine, store, keep_masks
 
     def run(self, query, group, matching, progress=None) -> Propagation:
         n, k = len(query), len(group.entries)
@@ -102,26 +107,27 @@ class Sam2Pairs:
         if progress and not full:
             progress(n - len(sub))  # frames known to be empty count as done
         if not len(sub):
-            return _empty(n, k, query.shape[1:], matching, {"frames_run": 0})
+            return _empty(n, k, query.shape[1:], matching, {"frames_run": 0}, self.keep_masks)
 
         def call(store, offload):  # pair clips hold no long-lived state to offload
             return self.engine.run_pairs(
                 query[sub], group.bank.images, group.bank.masks,
                 None if members is None else members[sub],
                 prior=None if matching.prior is None else matching.prior[sub],
-                store=store if full else None, progress=progress)
+                store=store if full else None, progress=progress, keep_masks=self.keep_masks)
 
         out = with_oom_retry(self.engine, call, self.store)
         labels = np.zeros(query.shape, out.labels.dtype)
         scores = np.full((n, k), np.nan, np.float32)
         got = np.full(n, -1)
         labels[sub], scores[sub], got[sub] = out.labels, out.object_scores, out.matches
+        masks = _place(out.masks, sub, (n, k, *query.shape[1:]))
         dist = matching.distances
         if out.distances is not None:
             dist = np.full((n, out.distances.shape[1]), np.nan, np.float32)
             dist[sub] = out.distances
         return Propagation(labels, scores, got, dist, {"engine_timings_s": out.timings,
-                                                       "frames_run": int(len(sub))})
+                                                       "frames_run": int(len(sub))}, masks)
 
 
 class Sam2Volume:
@@ -129,14 +135,14 @@ class Sam2Volume:
 
     name = "volume"
 
-    def __init__(self, engine: Any, store: Any = None):
-        self.engine, self.store = engine, store
+    def __init__(self, engine: Any, store: Any = None, keep_masks: bool = False):
+        self.engine, self.store, self.keep_masks = engine, store, keep_masks
 
     def run(self, query, group, matching, progress=None) -> Propagation:
         n, k = len(query), len(group.entries)
         run = np.ones(n, bool) if matching.run is None else matching.run
         if not run.any():
-            return _empty(n, k, query.shape[1:], matching, {"frames_run": 0})
+            return _empty(n, k, query.shape[1:], matching, {"frames_run": 0}, self.keep_masks)
         a, b = int(np.argmax(run)), int(n - np.argmax(run[::-1]))  # one contiguous stretch
         fi, mi = insertion(matching, a, b)
         bank = group.bank
@@ -147,7 +153,7 @@ class Sam2Volume:
             return self.engine.run_volume(
                 query[a:b], bank.images[mi], bank.masks[mi], fi - a,
                 store=None if store is None else store.window(a, b), offload_state=offload,
-                progress=progress)
+                progress=progress, keep_masks=self.keep_masks)
 
         out = with_oom_retry(self.engine, call, self.store)
         labels = np.zeros(query.shape, out.labels.dtype)
@@ -155,12 +161,24 @@ class Sam2Volume:
         labels[a:b], scores[a:b] = out.labels, out.object_scores
         info = {"engine_timings_s": out.timings, "inserted_before_frame": fi,
                 "inserted_member": mi, "frames_run": b - a}
-        return Propagation(labels, scores, np.full(n, mi), matching.distances, info)
+        masks = _place(out.masks, np.arange(a, b), (n, k, *query.shape[1:]))
+        return Propagation(labels, scores, np.full(n, mi), matching.distances, info, masks)
 
 
-def _empty(n: int, k: int, shape, matching: Matching, info: dict) -> Propagation:
+def _empty(n: int, k: int, shape, matching: Matching, info: dict,
+           keep_masks: bool = False) -> Propagation:
     return Propagation(np.zeros((n, *shape), np.uint8), np.full((n, k), np.nan, np.float32),
-                       np.full(n, -1), matching.distances, info)
+                       np.full(n, -1), matching.distances, info,
+                       np.zeros((n, k, *shape), bool) if keep_masks else None)
+
+
+def _place(masks: np.ndarray | None, frames: np.ndarray, shape: tuple) -> np.ndarray | None:
+    """Per-structure masks of the frames run, put into an all-frames array."""
+    if masks is None:
+        return None
+    out = np.zeros(shape, bool)
+    out[frames] = masks
+    return out
 
 
 def insertion(matching: Matching, start: int = 0, stop: int | None = None) -> tuple[int, int]:

@@ -74,8 +74,7 @@ def qc_figure(result: Result, path: str | os.PathLike, count: int = 8, dpi: int 
     for e, c in zip(entries, colors):
         ax3.plot(x, np.count_nonzero(labels == e.output_value, axis=(1, 2)) * px_mm2, color=c,
                  label=f"{e.name} area")
-    ax3.set_xlabel(f"{result.query_frames.axis} frame")
-    ax3.set_ylabel("mask area (mm²)")
+    ax3.set(xlabel=f"{result.query_frames.axis} frame", ylabel="mask area (mm²)")
     if result.object_scores is not None and np.isfinite(result.object_scores).any():
         ax4 = ax3.twinx()
         for k, c in enumerate(colors):

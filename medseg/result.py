@@ -33,11 +33,22 @@ class Result:
     matches: dict[int, np.ndarray] = field(default_factory=dict)  # group -> member per frame
     object_scores: np.ndarray | None = None  # (n, N) SAM2 object-score logits
     query_source: dict = field(default_factory=dict)  # e.g. the DICOM files of the query
+    structure_frames: np.ndarray | None = None  # (N, n, rows, cols) bool with overlap="keep"
+
+    def structure_masks(self) -> np.ndarray | None:
+        """(N, z, y, x) bool per structure on the query's grid, overlaps kept (only with
+        ``overlap="keep"``; else None and :attr:`labels` says it all)."""
+        if self.structure_frames is None:
+            return None
+        return np.stack([np.ascontiguousarray(self.query_frames.to_volume_array(m))
+                         for m in self.structure_frames])
 
     def mask(self, name_or_value: str | int) -> np.ndarray:
         """Boolean mask (query array layout) of one structure, by name or output value."""
-        for e in self.plan:
+        for i, e in enumerate(self.plan):
             if name_or_value in (e.name, e.output_value):
+                if self.structure_frames is not None:  # overlaps kept: the structure's own
+                    return self.query_frames.to_volume_array(self.structure_frames[i])
                 return self.labels.array == e.output_value
         raise KeyError(name_or_value)
 
@@ -59,7 +70,7 @@ class Result:
         inputs = [v["path"] for v in self.report.inputs.values() if v.get("path")]
         export.check_outputs(list(paths.values()), overwrite=overwrite, inputs=inputs)
         t0 = time.perf_counter()
-        ref, plan = self.labels, self.plan
+        ref, plan, masks = self.labels, self.plan, self.structure_masks()
         with export.OutputTransaction(overwrite) as tx:
             if "nifti" in paths:
                 tx.add(paths["nifti"], lambda p: export.nifti_labelmap(ref.array, ref, p,
@@ -68,7 +79,8 @@ class Result:
             if "itk-snap" in paths:
                 tx.add(paths["itk-snap"], lambda p: export.itksnap_labels(plan, p))
             if "seg.nrrd" in paths:
-                tx.add(paths["seg.nrrd"], lambda p: export.seg_nrrd(ref.array, ref, plan, p))
+                tx.add(paths["seg.nrrd"], lambda p: export.seg_nrrd(ref.array, ref, plan, p,
+                                                                    masks))
             if "dicom-seg" in paths:
                 from .dicom import write_dicom_seg
 

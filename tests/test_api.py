@@ -89,6 +89,23 @@ def test_in_memory_volumes_transfer_and_kshot(segmenter, scans):
     assert {1, 2} <= set(np.unique(res.labels.array))
 
 
+@pytest.mark.parametrize("mode", ["pair", "volume"])
+def test_overlaps_kept_through_sam2(segmenter, scans, mode):
+    kw = dict(labels=[1, 2], bank_size=2, matcher="ncc", mode=mode, z_range="1:7")
+    first = segmenter.segment(scans["support"], scans["support_label"], scans["query"], **kw)
+    keep = segmenter.segment(scans["support"], scans["support_label"], scans["query"],
+                             overlap="keep", **kw)
+    np.testing.assert_array_equal(keep.labels.array, first.labels.array)
+    assert first.structure_masks() is None
+    own = keep.structure_masks()
+    assert own.shape == (2, *keep.labels.shape)
+    for i, v in enumerate((1, 2)):  # each structure's own mask holds its labelmap voxels
+        assert own[i][keep.labels.array == v].all()
+        np.testing.assert_array_equal(keep.mask(v), own[i])
+    fr = keep.structure_frames
+    assert not fr[:, :1].any() and not fr[:, 7:].any()  # post-processing applies to them too
+
+
 def test_postprocess_options(segmenter, scans):
     res = segmenter.segment(scans["support"], scans["support_label"], scans["query"], labels=[1],
                             bank_size=1, matcher="ncc", keep_largest=True, fill_holes=True,

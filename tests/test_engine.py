@@ -330,3 +330,26 @@ def test_overlap_rule():
     logits = torch.tensor([[[[2.0, -1.0, 0.5, -3.0]]], [[[1.0, 3.0, 0.7, -2.0]]]])
     lab = merge(logits, [1, 2])
     np.testing.assert_array_equal(lab, [[1, 2, 2, 0]])
+
+
+def test_kept_masks_are_each_objects_own(engine):
+    """``keep_masks``: every object's mask is its logit > 0 (overlaps included) and the
+    labelmap is the one made without them."""
+    q = frames()
+    bank = frames(2, seed=1)
+    masks = np.zeros((2, 2, 48, 56), bool)
+    masks[:, 0, 10:30, 10:40] = True
+    masks[:, 1, 20:40, 25:50] = True  # overlaps object 0
+    matches = np.array([0, 1, 0, 1, 0, 1, 0])
+    plain = engine.run_pairs(q, bank, masks, matches)
+    kept = engine.run_pairs(q, bank, masks, matches, keep_logits=True, keep_masks=True)
+    np.testing.assert_array_equal(kept.labels, plain.labels)
+    np.testing.assert_array_equal(kept.masks, kept.logits > 0)
+    vol = engine.run_volume(q, bank[0], masks[0], 3, keep_logits=True, keep_masks=True)
+    np.testing.assert_array_equal(vol.masks, vol.logits > 0)
+    np.testing.assert_array_equal(vol.labels, engine.run_volume(q, bank[0], masks[0], 3).labels)
+    for out in (kept, vol):  # the labelmap says one of the objects whose mask is there
+        lab = out.labels
+        for k in range(2):
+            assert out.masks[:, k][lab == k + 1].all()
+        assert not out.masks.any(axis=1)[lab == 0].any()

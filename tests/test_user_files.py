@@ -304,3 +304,80 @@ def test_transfer_defaults_to_a_weight_free_matcher(tmp_path):
     assert SegmentConfig().check().matcher == "sam2"
     with pytest.raises(InputError):
         read_support_label(tmp_path / "missing.seg.nrrd", None)
+
+
+def _layered_support(img, a: np.ndarray, b: np.ndarray, path):
+    """Two overlapping segments ("A", "B") on ``img``'s grid, written by slicerio as 3D
+    Slicer writes them (two layers)."""
+    import slicerio
+
+    m = np.eye(4)
+    m[:3, :3] = img.direction * np.asarray(img.spacing)[None, :]
+    m[:3, 3] = img.origin
+    seg = slicerio.create_segmentation(a.shape[::-1], m)
+    for name, mask in (("A", a), ("B", b)):
+        slicerio.add_segment(seg, mask.transpose(2, 1, 0), {"name": name})
+    slicerio.write_segmentation(str(path), seg)
+    return path
+
+
+def test_overlapping_structures_kept_in_layers(tmp_path, capsys):
+    import slicerio
+
+    f = write_case(tmp_path)
+    a = read_image(f["l"]).array == 1
+    b = np.zeros_like(a)
+    b[:, :, 4:] = a[:, :, :-4]  # overlaps A
+    label = _layered_support(read_image(f["s"]), a, b, tmp_path / "multi.seg.nrrd")
+    got = {}
+    for how in ("first", "keep"):
+        code, _, err = run_cli(["segment", "-s", f["s"], "-l", label, "-i", f["q"], "-o",
+                                tmp_path / how, *TRANSFER, "--overlap", how], capsys)
+        assert code == 0, err
+        seg = slicerio.read_segmentation(str(tmp_path / how / "q.seg.nrrd"))
+        got[how] = (seg, slicerio.segment_mask(seg, "A"), slicerio.segment_mask(seg, "B"),
+                    read_image(tmp_path / how / "q_labels.nii.gz").array)
+    seg, ma, mb, lab = got["first"]
+    assert seg["voxels"].ndim == 3 and not (ma & mb).any()
+    seg, ka, kb, klab = got["keep"]
+    assert seg["voxels"].ndim == 4 and [s["layer"] for s in seg["segments"]] == [0, 1]
+    assert (ka & kb).any()  # the overlap survives
+    np.testing.assert_array_equal(ka, ma)  # the structure listed first is unchanged
+    assert (kb >= mb).all() and kb.sum() > mb.sum()  # B whole, not cut by A
+    np.testing.assert_array_equal(klab, lab)  # the labelmap is the same either way
+    back = read_support_label(tmp_path / "keep" / "q.seg.nrrd", read_image(f["q"]))
+    np.testing.assert_array_equal(back.mask(back.values[1]), kb.transpose(2, 1, 0))
+    # without overlaps, --overlap keep writes the usual single layer
+    code, _, err = run_cli(["segment", "-s", f["s"], "-l", f["l"], "-i", f["q"], "-o",
+                            tmp_path / "plain", *TRANSFER, "--overlap", "keep"], capsys)
+    assert code == 0, err
+    assert slicerio.read_segmentation(str(tmp_path / "plain" / "q.seg.nrrd"))["voxels"].ndim == 3
+
+
+def test_dicom_seg_keeps_overlapping_segments(tmp_path, ct_dicom, capsys):
+    import pydicom
+
+    img = read_image(ct_dicom)
+    a = np.zeros(img.shape, bool)
+    a[4:14, 200:300, 150:260] = True
+    b = np.zeros_like(a)
+    b[6:16, 240:340, 200:300] = True
+    label = _layered_support(img, a, b, tmp_path / "multi.seg.nrrd")
+    out = tmp_path / "o"
+    code, _, err = run_cli(["segment", "-s", ct_dicom, "-l", label, "-i", ct_dicom, "-o", out,
+                            *TRANSFER, "--overlap", "keep", "--format", "dicom-seg"], capsys)
+    assert code == 0, err
+    dcm = next(out.glob("*_seg.dcm"))
+    ds = pydicom.dcmread(dcm)
+    assert len(ds.SegmentSequence) == 2
+    frames: dict[tuple[str, int], np.ndarray] = {}
+    for fr, px in zip(ds.PerFrameFunctionalGroupsSequence, ds.pixel_array):
+        src = fr.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+        seg_no = fr.SegmentIdentificationSequence[0].ReferencedSegmentNumber
+        frames[(src, seg_no)] = px.astype(bool)
+    both = [frames[(s, 1)] & frames[(s, 2)] for s, n in frames if n == 1 and (s, 2) in frames]
+    assert any(m.any() for m in both)  # the two segments overlap on some source slice
+    if shutil.which("dciodvfy"):
+        r = subprocess.run(["dciodvfy", str(dcm)], capture_output=True, text=True)
+        errors = [ln for ln in (r.stdout + r.stderr).splitlines() if ln.startswith("Error")]
+        assert not errors, errors

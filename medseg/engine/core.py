@@ -73,6 +73,7 @@ class EngineOutput:
     distances: np.ndarray | None = None  # (n, M) matcher distances, if computed here
     timings: dict[str, float] = field(default_factory=dict)
     logits: np.ndarray | None = None  # (n, K, H, W) float32 mask logits, if asked for
+    masks: np.ndarray | None = None  # (n, K, H, W) bool, logit > 0 per object (may overlap)
 
 
 def merge(logits, obj_to_label: Sequence[int]) -> np.ndarray:
@@ -87,20 +88,25 @@ def merge(logits, obj_to_label: Sequence[int]) -> np.ndarray:
 class _Collector:
     """Fills labels, object scores and (optionally) logits frame by frame."""
 
-    def __init__(self, n: int, k: int, h: int, w: int, keep_logits: bool):
+    def __init__(self, n: int, k: int, h: int, w: int, keep_logits: bool,
+                 keep_masks: bool = False):
         self.labels = np.zeros((n, h, w), np.uint8)
         self.scores = np.full((n, k), np.nan, np.float32)
         self.logits = np.full((n, k, h, w), np.nan, np.float32) if keep_logits else None
+        self.masks = np.zeros((n, k, h, w), bool) if keep_masks else None
 
     def add(self, frame: int, objs: Sequence[int], logits, scores) -> None:
         self.labels[frame] = merge(logits, [o + 1 for o in objs])
         self.scores[frame, list(objs)] = scores.float().cpu().numpy()
         if self.logits is not None:
             self.logits[frame, list(objs)] = logits[:, 0].float().cpu().numpy()
+        if self.masks is not None:
+            self.masks[frame, list(objs)] = (logits[:, 0] > 0).cpu().numpy()
 
     def output(self, matches, distances, timings) -> EngineOutput:
         return EngineOutput(self.labels, self.scores, np.asarray(matches), distances,
-                            {k: round(v, 4) for k, v in timings.items()}, self.logits)
+                            {k: round(v, 4) for k, v in timings.items()}, self.logits,
+                            self.masks)
 
 
 @dataclass
@@ -349,16 +355,17 @@ class Sam2Engine:
     def run_pairs(self, query: np.ndarray, bank_images: np.ndarray, bank_masks: np.ndarray,
                   matches: np.ndarray | None = None, *, prior: np.ndarray | None = None,
                   store: FeatureStore | None = None, progress: Progress | None = None,
-                  keep_logits: bool = False) -> EngineOutput:
+                  keep_logits: bool = False, keep_masks: bool = False) -> EngineOutput:
         """Mode ``pair``: per query frame a clip [matched member, frame], mask prompt on 0.
 
-        ``bank_masks`` is (M, K, H, W) bool; object k gets label k + 1. Without ``matches``
+        ``bank_masks`` is (M, K, H, W) bool; object k gets label k + 1 (``keep_masks``: each
+        object's own mask too, overlaps included). Without ``matches``
         every frame is matched here, on the encoder features the tracking needs anyway
         (LPIPS-style distance, plus ``prior`` (n, M) if given).
         """
         n, h, w = query.shape
         store = store or self.store(query)
-        col, t = _Collector(n, bank_masks.shape[1], h, w, keep_logits), Timer()
+        col, t = _Collector(n, bank_masks.shape[1], h, w, keep_logits, keep_masks), Timer()
         to_match = matches is None
         members = range(len(bank_images)) if to_match else sorted(set(int(m) for m in matches))
         with t("encode"):
@@ -416,18 +423,19 @@ class Sam2Engine:
     def run_volume(self, query: np.ndarray, support_image: np.ndarray, support_masks: np.ndarray,
                    insert_at: int, *, store: FeatureStore | None = None,
                    offload_state: bool = False, progress: Progress | None = None,
-                   keep_logits: bool = False) -> EngineOutput:
+                   keep_logits: bool = False, keep_masks: bool = False) -> EngineOutput:
         """Mode ``volume``: the support is inserted before query frame ``insert_at`` and
         masks propagate forward and backward through the stack with SAM2's memory.
 
-        ``support_masks`` is (K, H, W) bool; object k gets label k + 1. ``store`` may hold
+        ``support_masks`` is (K, H, W) bool; object k gets label k + 1 (``keep_masks`` as in
+        :meth:`run_pairs`). ``store`` may hold
         features of query frames already computed (e.g. while matching).
         """
         import torch
 
         n, h, w = query.shape
         k = support_masks.shape[0]
-        col, t = _Collector(n, k, h, w, keep_logits), Timer()
+        col, t = _Collector(n, k, h, w, keep_logits, keep_masks), Timer()
         objs = [o for o in range(k) if support_masks[o].any()]
         if not objs:
             return col.output(np.full(n, -1), None, t)
