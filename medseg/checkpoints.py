@@ -258,13 +258,10 @@ def build_random_checkpoint(
     so code paths that handle non-empty masks are exercised).
     """
     import torch
-    from sam2.build_sam import build_sam2_video_predictor
 
-    spec = model_spec(model)
-    torch.manual_seed(seed)
-    m = build_sam2_video_predictor(spec.config, None, device="cpu",
-                                   hydra_overrides_extra=[f"++model.image_size={image_size}"])
-    sd = m.state_dict()
+    from .engine.core import random_state_dict
+
+    sd = random_state_dict(model_spec(model).config, image_size, seed)
     if object_score_bias is not None:
         sd["sam_mask_decoder.pred_obj_score_head.layers.2.bias"].fill_(float(object_score_bias))
     meta = {"image_size": int(image_size), "random_weights": True, "model": model, "seed": seed,

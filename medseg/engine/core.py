@@ -465,6 +465,19 @@ class Sam2Engine:
         return col.output(np.full(n, -1), None, t)
 
 
+def random_state_dict(config: str, image_size: int, seed: int) -> dict:
+    """The state dict of a SAM2 model built by sam2's own builder from ``config`` with
+    random weights (seeded; the caller's random state is left as it was)."""
+    import torch
+    from sam2.build_sam import build_sam2_video_predictor
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build_sam2_video_predictor(
+            config, None, device="cpu", hydra_overrides_extra=[f"++model.image_size={image_size}"])
+    return model.state_dict()
+
+
 def build_predictor(config: str, path, device, image_size: int):
     """medseg's predictor through sam2's own builder (Hydra config, ``weights_only`` load)."""
     try:
