@@ -71,7 +71,7 @@ def from_labelmap(label: Volume, image: Volume, resample: bool, name: str) -> Su
     """An integer label volume (values become structures) on the image grid."""
     label, note = on_image_grid(label, image, resample, name)
     arr = _integer_array(label, name)
-    values = [int(v) for v in np.unique(arr) if v != 0]
+    values = [v for v in label_values(arr) if v != 0]
     if not values:
         raise InputError(f"{name} {label.path}: is empty (all zero); label the structure first")
     return SupportLabel([arr], {v: SegmentInfo(v) for v in values}, {v: (0, v) for v in values},
@@ -89,7 +89,19 @@ def _integer_array(label: Volume, name: str) -> np.ndarray:
         raise InputError(f"{name} {label.path}: unsupported voxel type {arr.dtype}")
     if arr.size and arr.min() < 0:
         raise InputError(f"{name} {label.path}: holds negative values; labels must be >= 0")
-    return arr.astype(np.int64)
+    if np.issubdtype(arr.dtype, np.integer):
+        return arr  # kept as stored (no copy): only ever compared with its values
+    return arr.astype(np.uint8 if arr.dtype == bool else np.int64)
+
+
+def label_values(arr: np.ndarray) -> list[int]:
+    """The values present in a non-negative integer array, ascending (a count per value
+    when the values are small, which is much faster than sorting every voxel)."""
+    if not arr.size:
+        return []
+    if int(arr.max()) < 1 << 20 and arr.dtype != np.uint64:  # bincount takes up to int64
+        return [int(v) for v in np.flatnonzero(np.bincount(arr.ravel()))]
+    return [int(v) for v in np.unique(arr)]
 
 
 def on_image_grid(label: Volume, image: Volume, resample: bool, name: str
