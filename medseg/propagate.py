@@ -88,7 +88,7 @@ class Transfer:
             progress(len(query))
         scores = np.full((len(query), len(group.entries)), np.nan, np.float32)
         return Propagation(overlay(masks), scores, members, matching.distances,
-                           masks=masks.copy() if self.keep_masks else None)
+                           masks=masks if self.keep_masks else None)  # a new array
 
 
 class Sam2Pairs:
