@@ -62,16 +62,19 @@ def postprocess(
     if not (keep_largest or holes):
         return out
     for v in values:
-        m = out == v
-        if not m.any():
-            continue
-        if keep_largest:
-            m = largest_component(m)
-        if holes:
-            m = fill_holes(m)
+        m = clean_mask(out == v, keep_largest, holes)
         out[(out == v) & ~m] = 0
         out[m & (out == 0)] = v
     return out
+
+
+def clean_mask(mask: np.ndarray, keep_largest: bool, holes: bool) -> np.ndarray:
+    """One structure's mask with its largest component kept and/or holes filled."""
+    if not mask.any():
+        return mask
+    if keep_largest:
+        mask = largest_component(mask)
+    return fill_holes(mask) if holes else mask
 
 
 def postprocess_masks(
@@ -88,8 +91,5 @@ def postprocess_masks(
         out[:, :a] = False
         out[:, b:] = False
     for i in range(len(out)):
-        if keep_largest and out[i].any():
-            out[i] = largest_component(out[i])
-        if holes and out[i].any():
-            out[i] = fill_holes(out[i])
+        out[i] = clean_mask(out[i], keep_largest, holes)
     return out
