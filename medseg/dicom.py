@@ -222,8 +222,10 @@ def _source(path: str):
     return ds
 
 
-def write_dicom_seg(result: Result, path: Path) -> None:
-    """A binary DICOM-SEG of the result, referencing the query's DICOM instances."""
+def write_dicom_seg(result: Result, path: Path, masks: np.ndarray | None = None) -> None:
+    """A binary DICOM-SEG of the result, referencing the query's DICOM instances; with
+    per-structure ``masks`` (N, z, y, x, from :meth:`Result.structure_masks`) segments may
+    overlap, else they come from the labelmap."""
     import highdicom as hd
     from highdicom.sr.coding import CodedConcept
     from pydicom.sr.codedict import codes
@@ -232,9 +234,9 @@ def write_dicom_seg(result: Result, path: Path) -> None:
 
     sources = [_source(f) for f in query_files(result)]
     labels = result.labels.array  # (z, y, x): z follows the series' file order
-    own = result.structure_masks()  # overlaps kept (overlap="keep"): segments may overlap
-    masks = np.stack([labels == e.output_value for e in result.plan] if own is None
-                     else list(own), axis=-1).astype(np.uint8)
+    if masks is None:
+        masks = np.stack([labels == e.output_value for e in result.plan])
+    masks = np.moveaxis(masks, 0, -1).astype(np.uint8)  # (z, y, x, segment)
     algo = hd.AlgorithmIdentificationSequence(
         name="medseg", version=__version__, family=codes.cid7162.ArtificialIntelligence)
     descs = []

@@ -70,7 +70,8 @@ class Result:
         inputs = [v["path"] for v in self.report.inputs.values() if v.get("path")]
         export.check_outputs(list(paths.values()), overwrite=overwrite, inputs=inputs)
         t0 = time.perf_counter()
-        ref, plan, masks = self.labels, self.plan, self.structure_masks()
+        ref, plan = self.labels, self.plan
+        masks = self.structure_masks() if {"seg.nrrd", "dicom-seg"} & paths.keys() else None
         with export.OutputTransaction(overwrite) as tx:
             if "nifti" in paths:
                 tx.add(paths["nifti"], lambda p: export.nifti_labelmap(ref.array, ref, p,
@@ -84,7 +85,7 @@ class Result:
             if "dicom-seg" in paths:
                 from .dicom import write_dicom_seg
 
-                tx.add(paths["dicom-seg"], lambda p: write_dicom_seg(self, p))
+                tx.add(paths["dicom-seg"], lambda p: write_dicom_seg(self, p, masks))
             if "qc" in paths:
                 from .qc import qc_figure
 
