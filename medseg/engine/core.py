@@ -116,8 +116,8 @@ class _BankState:
     images: np.ndarray
     features: dict[int, dict] = field(default_factory=dict)  # member -> encoder output
     prompts: dict[int, dict[int, dict]] = field(default_factory=dict)  # member -> object -> out
-    prompt_key: tuple | None = None  # (masks, frame size) the prompts were encoded for
-    prompt_masks: np.ndarray | None = None
+    prompt_masks: np.ndarray | None = None  # the masks the prompts were encoded from
+    prompt_size: tuple[int, int] | None = None  # ... and the frame size
 
 
 class FeatureStore:
@@ -314,8 +314,8 @@ class Sam2Engine:
                 ) -> dict[int, dict[int, dict]]:
         """Encoded mask prompts (member -> object -> output) for these masks and frame size."""
         state = self._bank(images)
-        if state.prompt_key != (id(masks), size) or state.prompt_masks is not masks:
-            state.prompts, state.prompt_key, state.prompt_masks = {}, (id(masks), size), masks
+        if state.prompt_masks is not masks or state.prompt_size != size:
+            state.prompts, state.prompt_masks, state.prompt_size = {}, masks, size
         return state.prompts
 
     def member_features(self, images: np.ndarray, members: Sequence[int]) -> dict[int, dict]:
@@ -468,20 +468,14 @@ class Sam2Engine:
 def random_state_dict(config: str, image_size: int, seed: int) -> dict:
     """The state dict of a SAM2 model built by sam2's own builder from ``config`` with
     random weights (seeded; the caller's random state is left as it was)."""
-    import torch
-    from sam2.build_sam import build_sam2_video_predictor
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = build_sam2_video_predictor(
-            config, None, device="cpu", hydra_overrides_extra=[f"++model.image_size={image_size}"])
-    return model.state_dict()
+    return _build_sam2(config, None, "cpu", [f"++model.image_size={image_size}"],
+                       seed=seed).state_dict()
 
 
 def build_predictor(config: str, path, device, image_size: int):
     """medseg's predictor through sam2's own builder (Hydra config, ``weights_only`` load)."""
     try:
-        from sam2.build_sam import build_sam2_video_predictor
+        import sam2.build_sam  # noqa: F401  (what _build_sam2 uses)
 
         from .predictor import TARGET, check_compatibility
     except ImportError as exc:
@@ -491,22 +485,8 @@ def build_predictor(config: str, path, device, image_size: int):
     overrides = [f"++model._target_={TARGET}"]
     if image_size != 1024:
         overrides.append(f"++model.image_size={image_size}")
-
-    def build():
-        import torch
-
-        # random initialisation before the checkpoint loads must not move the caller's RNG
-        with torch.random.fork_rng(devices=[]):
-            return build_sam2_video_predictor(config, str(path), device=str(device),
-                                              hydra_overrides_extra=overrides)
-
     try:
-        try:
-            predictor = build()
-        except Exception as exc:  # Hydra initialised elsewhere: "Cannot find primary config"
-            if "primary config" not in str(exc):
-                raise
-            predictor = _with_sam2_hydra(build)
+        predictor = _build_sam2(config, str(path), str(device), overrides)
     except RuntimeError as exc:
         if "out of memory" in str(exc).lower():
             raise DeviceError(f"out of GPU memory while loading the model on {device}") from exc
@@ -515,6 +495,28 @@ def build_predictor(config: str, path, device, image_size: int):
                          ) from exc
     check_compatibility(predictor)
     return predictor
+
+
+def _build_sam2(config: str, checkpoint: str | None, device: str, overrides: list[str],
+                seed: int | None = None):
+    """``build_sam2_video_predictor`` without moving the caller's random state (``seed``
+    seeds the random initialisation), also while another application's Hydra is set up."""
+    import torch
+    from sam2.build_sam import build_sam2_video_predictor
+
+    def build():
+        with torch.random.fork_rng(devices=[]):
+            if seed is not None:
+                torch.manual_seed(seed)
+            return build_sam2_video_predictor(config, checkpoint, device=device,
+                                              hydra_overrides_extra=overrides)
+
+    try:
+        return build()
+    except Exception as exc:  # Hydra initialised elsewhere: "Cannot find primary config"
+        if "primary config" not in str(exc):
+            raise
+        return _with_sam2_hydra(build)
 
 
 def _with_sam2_hydra(build):
