@@ -209,7 +209,7 @@ class CohortRunner:
                         raise query
                     res = self.seg.segment(self.job.support, self.job.support_label, query,
                                            **self.job.config)
-                except (MedsegError, Exception) as exc:
+                except Exception as exc:  # a failing query is recorded; the others go on
                     self._finish(rows, failed_row(q, stem, exc, time.perf_counter() - t0),
                                  progress, exc)
                     continue
