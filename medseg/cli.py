@@ -287,7 +287,9 @@ def _segment_command(**a) -> None:
         return
     run_cohort(seg, seg_kwargs, a["support"], label, queries, a["output"], fmt, a["report"],
                a["qc"], a["overwrite"], a["resume"], a["ref"], a["workers"], a["ray_address"],
-               config, _say, STATE["verbose"])
+               config, _say, STATE["verbose"],
+               [q for q in a["query"] if Path(q).is_file() and Path(q).suffix.lower() in
+                (".txt", ".csv", ".lst")])
 
 
 CONFIG_KEYS = ("mode", "method", "axis", "window", "modality", "support_slice", "shots",

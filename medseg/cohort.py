@@ -125,6 +125,7 @@ class Job:
     resume: bool = False
     qc_dir: Path | None = None
     references: dict[str, Path] = field(default_factory=dict)  # stem -> reference label
+    protected: tuple[str, ...] = ()  # every input of the run: no output may replace one
 
     def paths(self, stem: str) -> dict[str, Path]:
         qc = self.qc_dir / f"{stem}_qc.png" if self.qc_dir else None
@@ -240,7 +241,8 @@ class CohortRunner:
     def _save(self, q: Path, stem: str, res: Any, t0: float) -> dict:
         try:
             paths = res.save(self.job.output, self.job.formats, overwrite=self.job.overwrite
-                             or self.job.resume, stem=stem, qc=self.job.paths(stem).get("qc"))
+                             or self.job.resume, stem=stem, qc=self.job.paths(stem).get("qc"),
+                             protect=self.job.protected)
             return summary_row(q, stem, res, time.perf_counter() - t0, paths,
                                self.job.references.get(stem))
         except Exception as exc:
@@ -352,11 +354,24 @@ def find_references(ref_dir: Path, stems: Sequence[str]) -> dict[str, Path]:
     return found
 
 
+def check_inputs_kept(job: Job, stems: Sequence[str]) -> None:
+    """Before any work: no output of the cohort (any query's, or the summary) may replace
+    one of its inputs (queries, support, label, references, list files), whatever
+    ``--overwrite`` or ``--resume`` say."""
+    protected = export.input_files(job.protected)
+    outs = [p for st in stems for p in job.paths(st).values()]
+    outs += [job.output / f"{SUMMARY}{s}" for s in (".csv", ".json")]
+    for p in outs:
+        if export._resolve(p, strict=False) in protected:
+            raise OutputError(f"{p}: an output of this cohort would replace one of its inputs; "
+                              "choose another output folder with -o")
+
+
 def run_cohort(seg: Any, seg_kwargs: dict, support: Any, support_label: Any,
                queries: Sequence[Path], output: Path, formats: list[str], report: Any, qc: Any,
                overwrite: bool, resume: bool, ref: Path | None, workers: int,
                address: str | None, config: dict, say: Callable[[str], None],
-               verbose: bool = False) -> list[dict]:
+               verbose: bool = False, list_files: Sequence[str] = ()) -> list[dict]:
     """The whole cohort as the command line runs it: checks first, then every query, then
     the summary; raises :class:`CohortFailures` (exit 7) if any query failed."""
     from .pipeline import make_config
@@ -371,8 +386,12 @@ def run_cohort(seg: Any, seg_kwargs: dict, support: Any, support_label: Any,
                          option="qc")
     export.check_output_dir(output)
     stems = output_stems(queries)
+    refs = find_references(Path(ref), stems) if ref else {}
     job = Job(str(support), str(support_label), dict(config), Path(output), list(formats),
-              overwrite, resume, qc_dir, find_references(Path(ref), stems) if ref else {})
+              overwrite, resume, qc_dir, refs, tuple(str(p) for p in
+                                                     (support, support_label, *queries,
+                                                      *refs.values(), *(list_files or ()))))
+    check_inputs_kept(job, stems)
     if not (overwrite or resume):
         existing = [str(p) for st in stems for p in job.paths(st).values() if p.exists()]
         if existing:

@@ -97,14 +97,32 @@ def output_paths(out_dir: str | os.PathLike, stem: str, formats: Sequence[str] =
     return paths
 
 
+def input_files(inputs: Sequence[str | os.PathLike]) -> frozenset[Path]:
+    """Every file an input stands for, resolved: a file itself, every file inside a folder
+    (a DICOM series); what no output of the run may replace."""
+    out: set[Path] = set()
+    for p in inputs:
+        if not p:
+            continue
+        r = _resolve(Path(p), strict=False)
+        if r is None:
+            continue
+        out.add(r)
+        if r.is_dir():
+            with contextlib.suppress(OSError):
+                out |= {f.resolve() for f in r.iterdir() if f.is_file()}
+    return frozenset(out)
+
+
 def check_outputs(paths: Sequence[Path], *, overwrite: bool,
                   inputs: Sequence[str | os.PathLike] = ()) -> None:
     """Before any work: never write onto an input, onto a folder, or (without
     ``overwrite``) onto an existing file."""
-    resolved = {r for r in (_resolve(Path(p), strict=False) for p in inputs if p) if r}
+    resolved = input_files(inputs)
     for p in paths:
         if _resolve(p) in resolved:
-            raise OutputError(f"{p}: is one of the inputs; choose another output folder with -o")
+            raise OutputError(f"{p}: would replace an input of this run; choose another "
+                              "output folder with -o")
         if p.is_dir():
             raise OutputError(f"{p}: is a folder; an output file cannot replace it (remove it "
                               "or choose another output folder)")
@@ -215,8 +233,9 @@ class OutputTransaction:
     On any error, Ctrl-C or SIGTERM, temporaries are removed and replaced files restored.
     """
 
-    def __init__(self, overwrite: bool = True) -> None:
+    def __init__(self, overwrite: bool = True, protected: frozenset[Path] = frozenset()) -> None:
         self.overwrite = overwrite
+        self.protected = protected  # inputs of the run: never replaced, whatever is asked
         self._staged: list[tuple[Path, Path]] = []
 
     def __enter__(self) -> OutputTransaction:
@@ -271,6 +290,8 @@ class OutputTransaction:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
         backup = None
+        if _resolve(dst, strict=False) in self.protected:
+            raise OutputError(f"{dst}: would replace an input of this run; nothing was written")
         if dst.exists() or dst.is_symlink():
             if dst.is_dir():
                 raise OutputError(f"{dst}: is a folder; an output file cannot replace it")

@@ -61,18 +61,21 @@ class Result:
     def save(self, out_dir: str | os.PathLike, formats: Sequence[str] = DEFAULT_FORMATS, *,
              overwrite: bool = False, stem: str | None = None,
              report: str | os.PathLike | None = None,
-             qc: str | os.PathLike | None = None) -> dict[str, Path]:
-        """Write the chosen files all-or-nothing; refuses to overwrite unless asked."""
+             qc: str | os.PathLike | None = None,
+             protect: Sequence[str | os.PathLike] = ()) -> dict[str, Path]:
+        """Write the chosen files all-or-nothing; refuses to overwrite unless asked, and never
+        replaces an input (this result's own, and ``protect``: e.g. every input of a cohort)."""
         export.prepare_output_dir(out_dir)
         paths = self.output_paths(out_dir, formats, stem, report, qc)
         for p in paths.values():
             export.prepare_output_dir(p.parent)
         inputs = [v["path"] for v in self.report.inputs.values() if v.get("path")]
-        export.check_outputs(list(paths.values()), overwrite=overwrite, inputs=inputs)
+        protected = export.input_files([*inputs, *protect])
+        export.check_outputs(list(paths.values()), overwrite=overwrite, inputs=list(protected))
         t0 = time.perf_counter()
         ref, plan = self.labels, self.plan
         masks = self.structure_masks() if {"seg.nrrd", "dicom-seg"} & paths.keys() else None
-        with export.OutputTransaction(overwrite) as tx:
+        with export.OutputTransaction(overwrite, protected) as tx:
             if "nifti" in paths:
                 tx.add(paths["nifti"], lambda p: export.nifti_labelmap(ref.array, ref, p,
                                                                       plan.dtype))

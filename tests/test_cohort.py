@@ -161,3 +161,43 @@ def test_outputs_valid_checks_content(tmp_path, cohort):
     assert outputs_valid(paths)
     paths["report"].write_text("{")
     assert not outputs_valid(paths)
+
+
+def _digests(folder):
+    import hashlib
+
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("flag", ["--resume", "--overwrite"])
+def test_cohort_never_replaces_its_inputs(tmp_path, capsys, flag):
+    """A folder holding scans and their references, used as input and output: the run is
+    refused before any work and every input is byte for byte as it was."""
+    files = write_case(tmp_path)
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    img, lab = phantom(shape=(8, 30, 32), seed=5)
+    write_image(img, scans / "case0.nii.gz")
+    write_image(lab, scans / "case0_labels.nii.gz")  # what case0's labelmap would be called
+    before = _digests(tmp_path)
+    code, _, err = run(["segment", "-s", files["s"], "-l", files["l"], "-i", scans, "-o", scans,
+                        flag, *TRANSFER], capsys)
+    assert code == 4, err
+    assert "would replace one of its inputs" in err
+    assert _digests(tmp_path) == before
+
+
+def test_cohort_inputs_protected_when_written(tmp_path, cohort):
+    """The last line of defence: the transaction itself refuses to replace a protected
+    input even when the upfront check is bypassed."""
+    from medseg.errors import OutputError
+    from medseg.export import OutputTransaction, input_files
+
+    files, qdir, refs = cohort
+    before = _digests(qdir)
+    target = qdir / "case0.nii.gz"
+    with pytest.raises(OutputError, match="would replace an input"):
+        with OutputTransaction(True, input_files([qdir])) as tx:
+            tx.add(target, lambda p: p.write_bytes(b"x"))
+    assert _digests(qdir) == before
