@@ -1,96 +1,136 @@
-"""Python API: ``medseg.segment(...)`` for one query, :class:`Segmenter` for many.
+"""Python API: :func:`segment` for one query, :class:`Segmenter` for many.
 
-A :class:`Segmenter` holds the model (loaded on first use) and runs the
-:mod:`~medseg.pipeline` for each query::
+A :class:`Segmenter` holds the model (loaded on first use) and what is reused across
+queries (the support as read, its banks), and runs the :mod:`~medseg.pipeline` for each
+query::
 
     seg = medseg.Segmenter(model="tiny", device="cuda")
-    for res in seg.segment_many(support, support_label, queries, labels=["liver"]):
-        res.save(f"out/{res.labels.path}")
+    for res in seg.segment_many("s.nii.gz", "s_label.nii.gz", queries, labels=[5]):
+        res.save("out/")
 """
 
 from __future__ import annotations
 
-import os
 import warnings
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import pipeline
-from .options import (
-    MODELS,
-    PRECISIONS,
-    check_choice,
-    check_device,
-    check_image_size,
-    check_int,
-)
-from .pipeline import SegmentConfig
+from .config import ModelConfig, SegmentConfig, leaves, with_options
+from .pipeline import Caches, RunContext
 from .report import machine, versions
 from .result import Result
 
-__all__ = ["Result", "SegmentConfig", "Segmenter", "machine", "segment", "versions"]
+if TYPE_CHECKING:
+    from .engine import Sam2Engine
+
+__all__ = ["ModelConfig", "Result", "SegmentConfig", "Segmenter", "machine", "segment",
+           "versions"]
+
+PathOrVolume = "str | os.PathLike | Volume"
 
 
 class Segmenter:
-    """Keeps SAM2 loaded across queries: build once, call :meth:`segment` many times."""
+    """Keeps SAM2 loaded across queries: build once, call :meth:`segment` many times.
 
-    def __init__(self, model: str = "tiny", checkpoint: str | os.PathLike | None = None,
-                 device: str = "auto", *, image_size: int | None = None, batch_size: int = 8,
-                 precision: str = "auto", allow_download: bool = True, progress: bool = False,
-                 feature_cache_mb: float = 2048.0, compile: bool = False):
-        self.model = check_choice(model, MODELS, "model")
-        self.precision = check_choice(precision, PRECISIONS, "precision")
-        self.checkpoint = checkpoint
-        self.device = check_device(device)
-        self.image_size = check_image_size(image_size)
-        self.batch_size = check_int(batch_size, "batch_size", 1, 4096)
-        self.allow_download = allow_download
+    Args:
+        config: the model settings (:class:`~medseg.config.ModelConfig`); its fields may
+            also be given as keywords (``model="small"``, ``device="cuda"``, ...).
+        progress: show progress bars (downloads, segmentation) on a terminal.
+        options: :class:`~medseg.config.ModelConfig` fields overriding ``config``.
+
+    Raises:
+        UsageError: an invalid setting (checked here, before anything is loaded).
+    """
+
+    def __init__(self, config: ModelConfig | None = None, *, progress: bool = False,
+                 **options: Any) -> None:
+        self.config: ModelConfig = with_options(config or ModelConfig(), **options)
         self.progress = progress
-        self.feature_cache_mb = feature_cache_mb  # encoder features kept from matching
-        self.compile = compile
-        self._engine = None
-        self._support = pipeline.SupportCache()  # the support and its banks, across queries
+        self.caches = Caches()  # the support as read and its banks, across queries
+        self._engine: Sam2Engine | None = None
 
     @property
-    def engine(self):
+    def engine(self) -> Sam2Engine:
         """The loaded :class:`~medseg.engine.Sam2Engine` (loaded on first use)."""
         if self._engine is None:
             from .engine import Sam2Engine
 
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*cannot import name '_C'.*")
-                self._engine = Sam2Engine(
-                    self.model, None if self.checkpoint is None else str(self.checkpoint),
-                    self.device, image_size=self.image_size, batch_size=self.batch_size,
-                    precision=self.precision, allow_download=self.allow_download,
-                    progress=self.progress, compile=self.compile)
+                self._engine = Sam2Engine(self.config, progress=self.progress)
         return self._engine
 
-    def segment(self, support: Any, support_label: Any, query: Any,
+    def segment(self, support: PathOrVolume, support_label: PathOrVolume, query: PathOrVolume,
                 config: SegmentConfig | None = None, **options: Any) -> Result:
-        """Segment ``query`` from one labelled ``support`` volume.
+        """Segment ``query`` from one labelled ``support`` scan.
 
-        ``options`` override fields of :class:`SegmentConfig` (``labels``, ``mode``, ...);
-        ``bank_size`` and ``seed`` set the augmentation bank's size and seed.
+        Args:
+            support: the support scan (a file, a DICOM folder, or a :class:`Volume`).
+            support_label: its label: a label map, a Slicer ``.seg.nrrd``, a DICOM-SEG or an
+                RTSTRUCT (one painted slice is enough), or a label :class:`Volume`.
+            query: the scan to segment.
+            config: what to segment and how (:class:`~medseg.config.SegmentConfig`).
+            options: its fields as flat keywords, e.g. ``labels=["liver"]``, ``shots=1``,
+                ``window="lung"``, ``bank_size=8``, ``seed=1``.
+
+        Returns:
+            The :class:`~medseg.result.Result`: labelmap on the query's exact grid, the
+            plan of structures and the report; ``.save(folder)`` writes the files.
+
+        Raises:
+            MedsegError: a user-side problem (bad input, option or checkpoint), with a
+                one-line message; subclasses carry the command line's exit codes.
         """
-        cfg = pipeline.make_config(config, options)
+        cfg = with_options(config or SegmentConfig(), **options)
+        ctx = RunContext(lambda: self.engine, self.progress, self.config.feature_cache_mb,
+                         self.caches)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*cannot import name '_C'.*")
-            return pipeline.run(support, support_label, query, cfg, lambda: self.engine,
-                                self.progress, self.feature_cache_mb, self._support)
+            return pipeline.run(support, support_label, query, cfg, ctx)
 
-    def segment_many(self, support: Any, support_label: Any, queries: Iterable[Any],
-                     config: SegmentConfig | None = None, **options: Any) -> Iterator[Result]:
-        """:meth:`segment` for each query in turn (one model load); a generator."""
+    def segment_many(self, support: PathOrVolume, support_label: PathOrVolume,
+                     queries: Iterable[PathOrVolume], config: SegmentConfig | None = None,
+                     **options: Any) -> Iterator[Result]:
+        """:meth:`segment` for each query in turn (one model load); a generator.
+
+        Args:
+            support, support_label, config, options: as for :meth:`segment`.
+            queries: the scans to segment.
+
+        Returns:
+            An iterator of results, in the order of ``queries``.
+        """
         for q in queries:
             yield self.segment(support, support_label, q, config, **dict(options))
 
 
-def segment(support: Any, support_label: Any, query: Any, *, model: str = "tiny",
-            checkpoint: str | os.PathLike | None = None, device: str = "auto",
-            image_size: int | None = None, batch_size: int = 8, progress: bool = False,
-            **options: Any) -> Result:
-    """One-shot segmentation of ``query`` (see :class:`SegmentConfig` for ``options``)."""
-    seg = Segmenter(model, checkpoint, device, image_size=image_size, batch_size=batch_size,
-                    progress=progress)
+def segment(support: PathOrVolume, support_label: PathOrVolume, query: PathOrVolume, *,
+            model: ModelConfig | None = None, progress: bool = False, **options: Any
+            ) -> Result:
+    """One-shot segmentation of ``query`` from a labelled ``support`` scan.
+
+    Args:
+        support: the support scan (a file, a DICOM folder, or a :class:`Volume`).
+        support_label: its label (label map, ``.seg.nrrd``, DICOM-SEG, RTSTRUCT, or a
+            label :class:`Volume`); one painted slice is enough.
+        query: the scan to segment.
+        model: the model settings (:class:`~medseg.config.ModelConfig`).
+        progress: show progress bars on a terminal.
+        options: :class:`~medseg.config.SegmentConfig` fields as flat keywords
+            (``labels=["liver"]``, ``method="transfer"``, ``shots=1``, ...), and
+            :class:`~medseg.config.ModelConfig` fields (``device="cuda"``,
+            ``checkpoint="sam2.1_hiera_tiny.pt"``, ...).
+
+    Returns:
+        The :class:`~medseg.result.Result` (labelmap, plan, report; ``.save(folder)``).
+
+    Raises:
+        MedsegError: a user-side problem, with a one-line message.
+    """
+    model_fields = {k: options.pop(k) for k in list(options) if k in _MODEL_NAMES}
+    seg = Segmenter(model, progress=progress, **model_fields)
     return seg.segment(support, support_label, query, **options)
+
+
+_MODEL_NAMES = frozenset(leaf.name for leaf in leaves(ModelConfig))

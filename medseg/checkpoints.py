@@ -18,7 +18,11 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from ._lazy import lazy_import
 from .errors import ModelError
+
+torch = lazy_import("torch")
+tqdm = lazy_import("tqdm")
 
 BASE_URL = "https://dl.fbaipublicfiles.com/segment_anything_2/092824"
 
@@ -87,8 +91,6 @@ def sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 def load_state_dict(path: str | os.PathLike) -> tuple[dict, dict]:
     """(state_dict, medseg metadata) of a checkpoint, loaded with ``weights_only=True``."""
-    import torch
-
     p = Path(path)
     if p.stat().st_size == 0:
         raise ModelError(f"checkpoint {p}: is empty (0 bytes); it is truncated or corrupt")
@@ -138,9 +140,7 @@ def download(spec: ModelSpec, target: Path, progress: bool = True, timeout: floa
             total = int(resp.headers.get("Content-Length") or 0)
             bar = None
             if progress:
-                from tqdm import tqdm
-
-                bar = tqdm(total=total or None, unit="B", unit_scale=True,
+                bar = tqdm.tqdm(total=total or None, unit="B", unit_scale=True,
                            desc=f"downloading {spec.filename}", file=sys.stderr)
             got = 0
             with open(tmp, "wb") as fh:
@@ -241,34 +241,3 @@ def validate_checkpoint(path: Path, model: str, *, from_cache: bool = False) -> 
             f"pass --model {found} or the matching checkpoint"
         )
     return {"model_size": found, **meta}
-
-
-def build_random_checkpoint(
-    path: str | os.PathLike,
-    model: str = "tiny",
-    image_size: int = 256,
-    seed: int = 0,
-    object_score_bias: float | None = None,
-) -> Path:
-    """Save a SAM2.1 checkpoint with random weights, built from the real sam2 config.
-
-    For tests, smoke runs and speed benchmarks only: its masks carry no anatomy, and the file
-    is marked ``random_weights`` so reports and pictures say so. ``object_score_bias`` sets
-    the bias of the object-score head (positive: the model "sees" an object on every frame,
-    so code paths that handle non-empty masks are exercised).
-    """
-    import torch
-
-    from .engine.core import random_state_dict
-
-    sd = random_state_dict(model_spec(model).config, image_size, seed)
-    if object_score_bias is not None:
-        sd["sam_mask_decoder.pred_obj_score_head.layers.2.bias"].fill_(float(object_score_bias))
-    meta = {"image_size": int(image_size), "random_weights": True, "model": model, "seed": seed,
-            "object_score_bias": object_score_bias}
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.part")
-    torch.save({"model": sd, "medseg": meta}, tmp)
-    os.replace(tmp, out)
-    return out

@@ -19,20 +19,32 @@ import csv
 import glob
 import io
 import json
+import logging
 import os
 import time
 import traceback
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from . import export
+from ._lazy import lazy_import
+from .api import Segmenter
+from .config import CohortSpec, ModelConfig, OutputSpec, SegmentConfig, to_dict
 from .errors import CohortFailures, InputError, MedsegError, OutputError, UsageError
 from .io import IMAGE_SUFFIXES
+from .io.dicom import is_dicom
+from .io.nifti import check_complete
+from .labels import find_label_beside
+from .pipeline import load_query
+
+metrics = lazy_import("medseg.metrics")
+ray = lazy_import("ray", install="pip install 'medseg[ray]'")
+torch = lazy_import("torch")
 
 SUMMARY = "cohort_summary"
 LIST_SUFFIXES = (".txt", ".csv", ".lst")
@@ -47,8 +59,6 @@ def _is_image(p: Path) -> bool:
 
 
 def _is_dicom_folder(p: Path) -> bool:
-    from .dicom import is_dicom
-
     return p.is_dir() and not any(_is_image(f) for f in p.iterdir()) and is_dicom(p)
 
 
@@ -114,22 +124,23 @@ def output_stems(queries: Sequence[Path]) -> list[str]:
 
 @dataclass
 class Job:
-    """What every query of a cohort shares."""
+    """What every query of a cohort shares: the support, the settings, the outputs."""
 
     support: str
     support_label: str
-    config: dict
-    output: Path
-    formats: list[str]
-    overwrite: bool = False
-    resume: bool = False
-    qc_dir: Path | None = None
+    config: SegmentConfig
+    output: OutputSpec
+    cohort: CohortSpec = field(default_factory=CohortSpec)
     references: dict[str, Path] = field(default_factory=dict)  # stem -> reference label
     protected: tuple[str, ...] = ()  # every input of the run: no output may replace one
 
+    @property
+    def qc_dir(self) -> Path | None:
+        return self.output.qc
+
     def paths(self, stem: str) -> dict[str, Path]:
         qc = self.qc_dir / f"{stem}_qc.png" if self.qc_dir else None
-        return export.output_paths(self.output, stem, self.formats, None, qc)
+        return export.output_paths(self.output.folder, stem, self.output.formats, None, qc)
 
 
 def outputs_valid(paths: dict[str, Path]) -> bool:
@@ -145,10 +156,8 @@ def outputs_valid(paths: dict[str, Path]) -> bool:
     if any(not p.is_file() or p.stat().st_size == 0 for p in paths.values()):
         return False
     if "nifti" in paths:
-        from .io import _check_nifti_complete
-
         try:
-            _check_nifti_complete(paths["nifti"], "output")
+            check_complete(paths["nifti"], "output")
         except InputError:
             return False
     return True
@@ -168,9 +177,7 @@ def summary_row(query: Path, stem: str, res: Any, seconds: float, paths: dict[st
         row[f"mean_object_score[{e.name}]"] = None if np.isnan(scores).all() else \
             round(float(np.nanmean(scores)), 4)
     if reference is not None and "nifti" in paths:
-        from .metrics import evaluate_files
-
-        ev = evaluate_files(paths["nifti"], reference)
+        ev = metrics.evaluate_files(paths["nifti"], reference)
         for s, n in zip(ev.scores, ev.names):
             row[f"dice[{n}]"], row[f"hd95_mm[{n}]"] = round(s.dice, 4), round(s.hd95_mm, 3)
     row["outputs"] = ";".join(str(p) for p in paths.values())
@@ -189,11 +196,13 @@ def failed_row(query: Path, stem: str, exc: BaseException, seconds: float) -> di
 class CohortRunner:
     """Segments queries one after another with one model; I/O overlaps the computation."""
 
-    def __init__(self, segmenter: Any, job: Job, verbose: bool = False):
+    def __init__(self, segmenter: Segmenter, job: Job, verbose: bool = False):
         self.seg, self.job, self.verbose = segmenter, job, verbose
 
     def run(self, queries: Sequence[Path], stems: Sequence[str] | None = None,
             progress: Callable[[dict], None] | None = None) -> list[dict]:
+        """Every query in turn (reading the next and writing the last in the background);
+        one summary row per query, in the order of ``queries``."""
         stems = list(stems or output_stems(queries))
         rows: list[dict] = []
         with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as writer:
@@ -205,11 +214,7 @@ class CohortRunner:
                     if i + 1 < len(todo) else None
                 t0 = time.perf_counter()
                 try:
-                    query = loaded.result()
-                    if isinstance(query, BaseException):
-                        raise query
-                    res = self.seg.segment(self.job.support, self.job.support_label, query,
-                                           **self.job.config)
+                    res = self._segment(loaded)
                 except Exception as exc:  # a failing query is recorded; the others go on
                     self._finish(rows, failed_row(q, stem, exc, time.perf_counter() - t0),
                                  progress, exc)
@@ -222,8 +227,14 @@ class CohortRunner:
         order = {s: i for i, s in enumerate(stems)}
         return sorted(rows, key=lambda r: order[r["stem"]])
 
+    def _segment(self, loaded: Future) -> Any:
+        query = loaded.result()
+        if isinstance(query, BaseException):
+            raise query
+        return self.seg.segment(self.job.support, self.job.support_label, query, self.job.config)
+
     def _done(self, q: Path, stem: str, rows: list, progress) -> bool:
-        if self.job.resume and outputs_valid(self.job.paths(stem)):
+        if self.job.cohort.resume and outputs_valid(self.job.paths(stem)):
             self._finish(rows, {"query": str(q), "stem": stem, "status": "skipped",
                                 "error": "outputs complete (resume)"}, progress)
             return True
@@ -231,18 +242,17 @@ class CohortRunner:
 
     def _load(self, query: Path):
         """The query volume, read in the background (an error travels with its query)."""
-        from .pipeline import load_query, make_config
-
         try:
-            return load_query(query, make_config(None, dict(self.job.config)))
+            return load_query(query, self.job.config)
         except Exception as exc:
             return exc
 
     def _save(self, q: Path, stem: str, res: Any, t0: float) -> dict:
+        out = self.job.output
         try:
-            paths = res.save(self.job.output, self.job.formats, overwrite=self.job.overwrite
-                             or self.job.resume, stem=stem, qc=self.job.paths(stem).get("qc"),
-                             protect=self.job.protected)
+            paths = res.save(out.folder, out.formats, overwrite=out.overwrite
+                             or self.job.cohort.resume, stem=stem,
+                             qc=self.job.paths(stem).get("qc"), protect=self.job.protected)
             return summary_row(q, stem, res, time.perf_counter() - t0, paths,
                                self.job.references.get(stem))
         except Exception as exc:
@@ -259,17 +269,16 @@ class CohortRunner:
 # --- Ray ---------------------------------------------------------------------------------------
 
 
-def run_on_ray(segmenter_kwargs: dict, job: Job, queries: Sequence[Path], stems: Sequence[str],
-               workers: int, address: str | None = None,
+def run_on_ray(model: ModelConfig, job: Job, queries: Sequence[Path], stems: Sequence[str],
                progress: Callable[[dict], None] | None = None) -> list[dict]:
-    """The cohort on ``workers`` Ray actors (a local cluster, or the one at ``address``)."""
+    """The cohort on ``job.cohort.workers`` Ray actors (a local cluster of medseg's own, or
+    the one at ``job.cohort.ray_address``)."""
+    workers, address = job.cohort.workers, job.cohort.ray_address
     try:
-        import ray
-    except ImportError as exc:
-        raise MedsegError("workers > 1 needs Ray: pip install 'medseg[ray]' (or run with "
-                          "workers=1)") from exc
-    import logging
-
+        ray.is_initialized()
+    except MedsegError as exc:
+        raise MedsegError(f"workers > 1 needs Ray: pip install 'medseg[ray]' (or run with "
+                          f"--workers 1); {exc}") from None
     started = not ray.is_initialized()
     if started:
         ray.init(address=address, ignore_reinit_error=True, log_to_driver=False,
@@ -277,10 +286,10 @@ def run_on_ray(segmenter_kwargs: dict, job: Job, queries: Sequence[Path], stems:
                  **({} if address else {"num_cpus": max(workers, 1)}))
     try:
         gpus = ray.cluster_resources().get("GPU", 0)
-        on_gpu = gpus >= 1 and segmenter_kwargs.get("device") in ("auto", "cuda", "gpu")
+        on_gpu = gpus >= 1 and model.device in ("auto", "cuda", "gpu")
         worker_cls = ray.remote(num_gpus=1)(_RayWorker) if on_gpu else ray.remote(_RayWorker)
         threads = None if address or on_gpu else max(1, (os.cpu_count() or 1) // workers)
-        actors = [worker_cls.remote(segmenter_kwargs, job, threads) for _ in range(workers)]
+        actors = [worker_cls.remote(model, job, threads) for _ in range(workers)]
         pool = ray.util.ActorPool(actors)
         rows = []
         for row in pool.map_unordered(lambda a, qs: a.run.remote(*qs), list(zip(queries, stems))):
@@ -297,14 +306,10 @@ def run_on_ray(segmenter_kwargs: dict, job: Job, queries: Sequence[Path], stems:
 class _RayWorker:
     """One model per worker process."""
 
-    def __init__(self, segmenter_kwargs: dict, job: Job, threads: int | None = None):
-        from .api import Segmenter
-
+    def __init__(self, model: ModelConfig, job: Job, threads: int | None = None):
         if threads:  # the local machine's cores shared among its workers
-            import torch
-
             torch.set_num_threads(threads)
-        self.runner = CohortRunner(Segmenter(**segmenter_kwargs), job)
+        self.runner = CohortRunner(Segmenter(model), job)
 
     def run(self, query: Path, stem: str) -> dict:
         return self.runner.run([query], [stem])[0]
@@ -342,8 +347,6 @@ def counts(rows: Iterable[dict]) -> dict[str, int]:
 def find_references(ref_dir: Path, stems: Sequence[str]) -> dict[str, Path]:
     """Reference label maps in ``ref_dir`` named like the queries (``q.nii.gz``,
     ``q_label.nii.gz``, ``q_seg.nii.gz``, ``q.seg.nrrd``, ...)."""
-    from .segmentations import find_label_beside
-
     found = {}
     for s in stems:
         direct = [ref_dir / f"{s}{suf}" for suf in (".nii.gz", ".nii", ".nrrd", ".mha")]
@@ -360,55 +363,56 @@ def check_inputs_kept(job: Job, stems: Sequence[str]) -> None:
     ``--overwrite`` or ``--resume`` say."""
     protected = export.input_files(job.protected)
     outs = [p for st in stems for p in job.paths(st).values()]
-    outs += [job.output / f"{SUMMARY}{s}" for s in (".csv", ".json")]
+    outs += [job.output.folder / f"{SUMMARY}{s}" for s in (".csv", ".json")]
     for p in outs:
-        if export._resolve(p, strict=False) in protected:
+        if export.paths._resolve(p, strict=False) in protected:
             raise OutputError(f"{p}: an output of this cohort would replace one of its inputs; "
                               "choose another output folder with -o")
 
 
-def run_cohort(seg: Any, seg_kwargs: dict, support: Any, support_label: Any,
-               queries: Sequence[Path], output: Path, formats: list[str], report: Any, qc: Any,
-               overwrite: bool, resume: bool, ref: Path | None, workers: int,
-               address: str | None, config: dict, say: Callable[[str], None],
-               verbose: bool = False, list_files: Sequence[str] = ()) -> list[dict]:
-    """The whole cohort as the command line runs it: checks first, then every query, then
-    the summary; raises :class:`CohortFailures` (exit 7) if any query failed."""
-    from .pipeline import make_config
-
-    make_config(None, dict(config))
-    if report:
+def prepare_cohort(job: Job, queries: Sequence[Path], list_files: Sequence[str] = ()
+                   ) -> tuple[Job, list[str]]:
+    """Checks before any work (options, outputs, inputs kept) and the job with its
+    references and protected inputs; the output stems."""
+    if job.output.report:
         raise UsageError("report: in a cohort each query's report is named after it; drop the "
                          "option", option="report")
-    qc_dir = Path(qc) if qc else None
-    if qc_dir is not None and qc_dir.suffix:
+    if job.qc_dir is not None and job.qc_dir.suffix:
         raise UsageError("qc: in a cohort give a folder for the per-query pictures",
                          option="qc")
-    export.check_output_dir(output)
+    export.check_output_dir(job.output.folder)
     stems = output_stems(queries)
+    ref = job.cohort.ref
     refs = find_references(Path(ref), stems) if ref else {}
-    job = Job(str(support), str(support_label), dict(config), Path(output), list(formats),
-              overwrite, resume, qc_dir, refs, tuple(str(p) for p in
-                                                     (support, support_label, *queries,
-                                                      *refs.values(), *(list_files or ()))))
+    job = replace(job, references=refs, protected=tuple(str(p) for p in (
+        job.support, job.support_label, *queries, *refs.values(), *list_files)))
     check_inputs_kept(job, stems)
-    if not (overwrite or resume):
+    if not (job.output.overwrite or job.cohort.resume):
         existing = [str(p) for st in stems for p in job.paths(st).values() if p.exists()]
         if existing:
             raise OutputError(f"output exists: {existing[0]} (and {len(existing) - 1} more); "
                               "pass --resume to skip finished queries or --overwrite")
-    export.prepare_output_dir(output)
-    if qc_dir is not None:
-        export.prepare_output_dir(qc_dir)
+    return job, stems
+
+
+def run_cohort(seg: Segmenter, job: Job, queries: Sequence[Path], say: Callable[[str], None],
+               verbose: bool = False, list_files: Sequence[str] = ()) -> list[dict]:
+    """The whole cohort as the command line runs it: checks first, then every query, then
+    the summary; raises :class:`CohortFailures` (exit 7) if any query failed."""
+    job, stems = prepare_cohort(job, queries, list_files)
+    export.prepare_output_dir(job.output.folder)
+    if job.qc_dir is not None:
+        export.prepare_output_dir(job.qc_dir)
+    workers = job.cohort.workers
     say(f"cohort: {len(queries)} queries" + (f" on {workers} Ray workers" if workers > 1 else ""))
     bar = _bar(len(queries), say)
     t0 = time.perf_counter()
-    rows = run_on_ray(seg_kwargs, job, queries, stems, workers, address, bar) if workers > 1 \
+    rows = run_on_ray(seg.config, job, queries, stems, bar) if workers > 1 \
         else CohortRunner(seg, job, verbose).run(queries, stems, bar)
-    meta = {"support": str(support), "support_label": str(support_label), "config": config,
-            "workers": workers, "seconds": round(time.perf_counter() - t0, 2),
-            "counts": counts(rows)}
-    paths = write_summary(rows, Path(output), meta)
+    meta = {"support": str(job.support), "support_label": str(job.support_label),
+            "config": to_dict(job.config), "workers": workers,
+            "seconds": round(time.perf_counter() - t0, 2), "counts": counts(rows)}
+    paths = write_summary(rows, job.output.folder, meta)
     n = counts(rows)
     say(f"cohort: {n.get('ok', 0)} segmented, {n.get('skipped', 0)} skipped, "
         f"{n.get('failed', 0)} failed in {meta['seconds']} s; summary {paths['csv']}")

@@ -18,8 +18,16 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from .checkpoints import sha256
+import numpy as np
+
+from ._lazy import lazy_import
+from .checkpoints import medseg_home, sha256
 from .errors import InputError
+from .io import read_image
+
+ndimage = lazy_import("scipy.ndimage")
+sitk = lazy_import("SimpleITK")
+tqdm = lazy_import("tqdm")
 
 SIMPLE_INDEX = "https://pypi.org/simple/{name}/"
 
@@ -116,8 +124,6 @@ DEFAULT_CASE = "ct-liver-spleen"
 
 def data_dir() -> Path:
     """Folder holding the example data (under medseg's cache folder)."""
-    from .checkpoints import medseg_home
-
     return medseg_home() / "data"
 
 
@@ -139,9 +145,7 @@ def _download(a: Archive, dest: Path, timeout: float, progress: bool) -> None:
         with urllib.request.urlopen(url, timeout=timeout) as resp, open(tmp, "wb") as fh:
             bar = None
             if progress and sys.stderr.isatty():
-                from tqdm import tqdm
-
-                bar = tqdm(total=a.size, unit="B", unit_scale=True, desc=a.filename, file=sys.stderr)
+                bar = tqdm.tqdm(total=a.size, unit="B", unit_scale=True, desc=a.filename, file=sys.stderr)
             for block in iter(lambda: resp.read(1 << 20), b""):
                 fh.write(block)
                 if bar:
@@ -209,8 +213,6 @@ def _derive(root: Path) -> None:
 def _write_derived(out: Path, make) -> None:
     if out.is_file():
         return
-    import SimpleITK as sitk
-
     img = make()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(".part." + out.name)
@@ -221,10 +223,6 @@ def _write_derived(out: Path, make) -> None:
 def _dicom_reference(root: Path):
     """The DICOM case's reference is stored with a flipped y axis; voxel centres coincide
     (same spacing, mirrored axis), so nearest neighbour onto the DICOM grid is exact."""
-    import SimpleITK as sitk
-
-    from .io import read_image
-
     query = read_image(root / TS / "example_ct_dicom").to_sitk()
     ref = sitk.ReadImage(str(root / TS / "example_seg_dicom.nii.gz"))
     return sitk.Resample(ref, query, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
@@ -232,11 +230,6 @@ def _dicom_reference(root: Path):
 
 def derived_lungs(path: Path):
     """Right (1) and left (2) lung of a chest CT: air inside the body, split at the midline."""
-    import numpy as np
-    from scipy import ndimage
-
-    from .io import read_image
-
     v = read_image(path)
     a = v.array
     body = np.stack([ndimage.binary_fill_holes(s) for s in ndimage.binary_opening(a > -500,
@@ -256,12 +249,6 @@ def derived_lungs(path: Path):
 
 def derived_head(path: Path):
     """The head on an MR: above an Otsu threshold, holes filled slice by slice, largest part."""
-    import numpy as np
-    import SimpleITK as sitk
-    from scipy import ndimage
-
-    from .io import read_image
-
     v = read_image(path)
     thr = sitk.OtsuThresholdImageFilter()
     thr.Execute(sitk.Cast(v.to_sitk(), sitk.sitkFloat32))

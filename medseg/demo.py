@@ -5,7 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from . import data, export
+from ._lazy import lazy_import
+from .api import Segmenter
+from .checkpoints import resolve_checkpoint
 from .errors import ModelError, UsageError
+
+metrics = lazy_import("medseg.metrics")
 
 BANNER = """
 ==============================================================================
@@ -26,11 +32,6 @@ def run_demo(output: Path, case: str, checkpoint: Path | None, model: str, devic
     When no SAM2 checkpoint can be had (offline, nothing cached), the weight-free
     ``transfer`` method runs instead, and the output says so.
     """
-    from . import data, export
-    from .api import Segmenter
-    from .checkpoints import resolve_checkpoint
-    from .metrics import evaluate_files, format_table
-
     if case not in data.CASES:
         raise UsageError(f"--case {case!r}: choose one of {', '.join(data.CASES)}")
     c = data.CASES[case]
@@ -46,13 +47,13 @@ def run_demo(output: Path, case: str, checkpoint: Path | None, model: str, devic
     except ModelError as exc:
         say(BANNER.format(reason=exc))
         ckpt, method = None, "transfer"
-    seg = Segmenter(model, ckpt, device, progress=progress)
+    seg = Segmenter(model=model, checkpoint=ckpt, device=device, progress=progress)
     res = seg.segment(p["support"], p["support_label"], p["query"], labels=list(c.labels),
                       names=list(c.names), mode=mode, window=c.window, method=method)
     saved = res.save(output, overwrite=overwrite, qc=output / "qc.png")
-    ev = evaluate_files(saved["nifti"], p["query_ref"], list(range(1, len(c.labels) + 1)),
+    ev = metrics.evaluate_files(saved["nifti"], p["query_ref"], list(range(1, len(c.labels) + 1)),
                         list(c.ref_labels))
-    echo(format_table(ev))
+    echo(metrics.format_table(ev))
     if res.report.random_weights:
         say("WARNING: random-weight SAM2 checkpoint: these scores are meaningless.")
     say(f"method: {method}; reference: {c.reference}")

@@ -17,42 +17,23 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ._lazy import lazy_import
 from .errors import InputError, UsageError
 from .io import Orientation, Volume, canonical_spacing_zyx, from_canonical, to_canonical
-from .options import AXES
+from .options import AXES, CT_WINDOWS, parse_window
+
+ndimage = lazy_import("scipy.ndimage")
+torch = lazy_import("torch")
+F = lazy_import("torch.nn.functional")
+
+__all__ = ["CT_WINDOWS", "FrameStack", "label_to_frames", "normalize_intensity", "parse_window",
+           "resample_frame", "to_model_input", "volume_to_frames"]
 
 MIN_FRAME = 8  # pixels: the smallest frame side SAM2 is given
 
-# (low, high) in HU
-CT_WINDOWS: dict[str, tuple[float, float]] = {
-    "abdomen": (-125.0, 275.0),  # the benchmark convention (W400 L75)
-    "soft-tissue": (-160.0, 240.0),  # W400 L40
-    "lung": (-1350.0, 150.0),  # W1500 L-600
-    "bone": (-450.0, 1050.0),  # W1500 L300
-    "brain": (0.0, 80.0),  # W80 L40
-}
 MR_PERCENTILES = (0.5, 99.5)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def parse_window(spec: str | None) -> tuple[float, float] | None:
-    """``None`` | preset name | ``"L,W"`` -> (low, high) in HU."""
-    if spec is None or spec == "auto":
-        return None
-    if spec in CT_WINDOWS:
-        return CT_WINDOWS[spec]
-    try:
-        level, width = (float(v) for v in spec.split(","))
-        if not (np.isfinite(level) and np.isfinite(width)):
-            raise ValueError
-    except ValueError:
-        raise UsageError(
-            f"window {spec!r}: use a preset ({', '.join(CT_WINDOWS)}) or 'LEVEL,WIDTH' "
-            "in HU (finite numbers), e.g. '40,400'", option="window") from None
-    if width <= 0:
-        raise UsageError(f"window {spec!r}: width must be positive", option="window")
-    return (level - width / 2.0, level + width / 2.0)
 
 
 def guess_modality(arr: np.ndarray) -> str:
@@ -193,8 +174,6 @@ def resample_frame(
     """Resample a 2D frame to another pixel grid at the same physical scale (times
     ``zoom``); the input's centre lands ``shift`` output pixels (rows, cols) from the
     output's centre."""
-    from scipy import ndimage
-
     scale = np.asarray(out_spacing, float) / (np.asarray(spacing, float) * zoom)  # src / dst px
     in_c = (np.asarray(frame.shape, float) - 1) / 2.0
     out_c = (np.asarray(out_shape, float) - 1) / 2.0 + np.asarray(shift, float)
@@ -207,9 +186,6 @@ def resample_frame(
 
 def to_model_input(frames: np.ndarray, image_size: int, device=None, dtype=None):
     """(n, H, W) [0, 1] frames -> (n, 3, S, S) tensor normalised as SAM2 expects."""
-    import torch
-    import torch.nn.functional as F
-
     t = torch.as_tensor(np.ascontiguousarray(frames), dtype=torch.float32)
     if device is not None and torch.device(device).type == "cuda":
         t = t.pin_memory().to(device, non_blocking=True)  # page-locked: an async copy

@@ -15,11 +15,18 @@ Weight-free distances are computed on frames resized to ``size`` x ``size``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
+from ._lazy import lazy_import
 from .options import MATCHERS, check_choice
+
+torch = lazy_import("torch")
+F = lazy_import("torch.nn.functional")
+
+if TYPE_CHECKING:
+    from .engine import FeatureStore, Sam2Engine
 
 
 class Matcher(Protocol):
@@ -31,9 +38,6 @@ class Matcher(Protocol):
 
 
 def _resize(frames: np.ndarray, size: int):
-    import torch
-    import torch.nn.functional as F
-
     t = torch.as_tensor(np.ascontiguousarray(frames), dtype=torch.float32)[:, None]
     return F.interpolate(t, size=(size, size), mode="area" if t.shape[-1] >= size else "bilinear")
 
@@ -51,8 +55,6 @@ def ssim_distance(
     query: np.ndarray, bank: np.ndarray, size: int = 128, win: int = 7, chunk: int = 32
 ) -> np.ndarray:
     """(n, M) 1 - mean SSIM, data range 1 (frames in [0, 1])."""
-    import torch.nn.functional as F
-
     c1, c2 = 0.01**2, 0.03**2
     q = _resize(query, size)  # (n, 1, s, s)
     b = _resize(bank, size)  # (M, 1, s, s)
@@ -93,7 +95,7 @@ class Sam2FeatureMatcher:
 
     name = "sam2"
 
-    def __init__(self, engine: Any, store: Any):
+    def __init__(self, engine: Sam2Engine, store: FeatureStore):
         self.engine, self.store = engine, store
 
     def distances(self, query: np.ndarray, bank_images: np.ndarray) -> np.ndarray:
@@ -106,7 +108,8 @@ class Sam2FeatureMatcher:
         return out
 
 
-def make_matcher(name: str, engine: Any = None, store: Any = None) -> Matcher:
+def make_matcher(name: str, engine: Sam2Engine | None = None,
+                 store: FeatureStore | None = None) -> Matcher:
     """The matcher called ``name`` (``sam2`` needs an engine and a feature store)."""
     check_choice(name, MATCHERS, "matcher")
     return Sam2FeatureMatcher(engine, store) if name == "sam2" else WeightFreeMatcher(name)

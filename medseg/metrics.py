@@ -12,12 +12,23 @@ metrics):
 
 from __future__ import annotations
 
+import json
 import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
+
+from ._lazy import lazy_import
+from .errors import InputError, UsageError
+from .frames import label_to_frames
+from .io import read_image, same_geometry
+
+monai = lazy_import("monai")
+monai_metrics = lazy_import("monai.metrics")
+torch = lazy_import("torch")
 
 MAX_LABELS = 1000  # more distinct values than this: an intensity image, not a label map
 IMPLEMENTATION = "MONAI {version} (monai.metrics; Euclidean distance, symmetric HD95, ASSD, NSD)"
@@ -25,8 +36,6 @@ IMPLEMENTATION = "MONAI {version} (monai.metrics; Euclidean distance, symmetric 
 
 def implementation() -> str:
     """Name and version of the distance implementation used."""
-    import monai
-
     return IMPLEMENTATION.format(version=monai.__version__)
 
 
@@ -82,23 +91,16 @@ def surface_metrics(
         return math.nan, math.nan, math.nan
     if pe or re:
         return math.inf, math.inf, 0.0
-    import torch
-    from monai.metrics import (
-        compute_average_surface_distance,
-        compute_hausdorff_distance,
-        compute_surface_dice,
-    )
-
     sp = [float(s) for s in spacing]
     yp = torch.from_numpy(np.stack([~p, p])[None]).float()
     yr = torch.from_numpy(np.stack([~r, r])[None]).float()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        hd = compute_hausdorff_distance(yp, yr, include_background=False, percentile=percentile,
+        hd = monai_metrics.compute_hausdorff_distance(yp, yr, include_background=False, percentile=percentile,
                                         spacing=sp)
-        asd = compute_average_surface_distance(yp, yr, include_background=False, symmetric=True,
+        asd = monai_metrics.compute_average_surface_distance(yp, yr, include_background=False, symmetric=True,
                                                spacing=sp)
-        nsd = compute_surface_dice(yp, yr, class_thresholds=[float(tolerance_mm)],
+        nsd = monai_metrics.compute_surface_dice(yp, yr, class_thresholds=[float(tolerance_mm)],
                                    include_background=False, spacing=sp)
     return float(hd.item()), float(asd.item()), float(nsd.item())
 
@@ -210,10 +212,6 @@ def evaluate_files(
     output value ``i`` is scored against the support value it was made from; otherwise
     every value present in either file is scored against the same value.
     """
-    from .errors import InputError, UsageError
-    from .frames import label_to_frames
-    from .io import read_image, same_geometry
-
     pred = read_image(pred_path, name="prediction")
     ref = read_image(ref_path, name="reference")
     diffs = same_geometry(ref, pred)
@@ -263,9 +261,6 @@ def _pairing(pred_path, p, r, labels, ref_labels):
 
 def medseg_segments(pred_path) -> list[dict]:
     """Segments (output value, support value, name) of a medseg output, from its report."""
-    import json
-    from pathlib import Path
-
     p = Path(pred_path)
     stem = p.name
     for suf in ("_labels.nii.gz", "_labels.nii", ".seg.nrrd"):

@@ -1,10 +1,12 @@
-"""Every option vocabulary, defined once: the library checks against these tuples and the
-command line derives its choices from them."""
+"""Every option vocabulary and check, defined once: the settings (:mod:`medseg.config`)
+check against these and the command line derives its choices from them. Light on
+purpose (no numpy): the command line imports it to build its help."""
 
 from __future__ import annotations
 
 import math
 import re
+import unicodedata
 from collections.abc import Sequence
 
 from .errors import UsageError
@@ -17,6 +19,7 @@ MODALITIES = ("auto", "ct", "mr")
 MODELS = ("tiny", "small", "base-plus", "large")  # SAM2.1 sizes
 PRECISIONS = ("auto", "bf16", "fp32")
 FORMATS = ("nifti", "seg.nrrd", "dicom-seg", "itk-snap")
+COMPLETE = ("auto", "on", "off")  # complete a structure painted on a few slices in 3D
 PRESENCE = ("auto", "off")  # empty masks on frames judged not to hold the structure
 CORRESPONDENCE = ("auto", "off")  # relate query slices to support slices (off: by order only)
 PLACEMENT = ("auto", "world", "body", "search", "centre")  # where the support sits in-plane
@@ -79,3 +82,84 @@ def check_range_syntax(spec: str | None) -> str | None:
         raise UsageError(f"z_range {spec!r}: use START:STOP frame indices, e.g. 10:80",
                          option="z_range")
     return spec
+
+
+# (low, high) in HU
+CT_WINDOWS: dict[str, tuple[float, float]] = {
+    "abdomen": (-125.0, 275.0),  # the benchmark convention (W400 L75)
+    "soft-tissue": (-160.0, 240.0),  # W400 L40
+    "lung": (-1350.0, 150.0),  # W1500 L-600
+    "bone": (-450.0, 1050.0),  # W1500 L300
+    "brain": (0.0, 80.0),  # W80 L40
+}
+
+
+def parse_window(spec: str | None) -> tuple[float, float] | None:
+    """``None`` | preset name | ``"L,W"`` -> (low, high) in HU."""
+    if spec is None or spec == "auto":
+        return None
+    if spec in CT_WINDOWS:
+        return CT_WINDOWS[spec]
+    try:
+        level, width = (float(v) for v in spec.split(","))
+        if not (math.isfinite(level) and math.isfinite(width)):
+            raise ValueError
+    except ValueError:
+        raise UsageError(
+            f"window {spec!r}: use a preset ({', '.join(CT_WINDOWS)}) or 'LEVEL,WIDTH' "
+            "in HU (finite numbers), e.g. '40,400'", option="window") from None
+    if width <= 0:
+        raise UsageError(f"window {spec!r}: width must be positive", option="window")
+    return (level - width / 2.0, level + width / 2.0)
+
+
+def check_window(spec: str | None) -> str | None:
+    """A window preset or ``LEVEL,WIDTH`` (checked, kept as given)."""
+    parse_window(spec)
+    return spec
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def check_name(name: str, option: str = "names", source: str | None = None) -> str:
+    """A structure name every output can carry: any Unicode, no control characters
+    (``source`` names the file and field a name came from)."""
+    where = source or option
+    text = unicodedata.normalize("NFC", str(name)).strip()
+    if not text:
+        raise UsageError(f"{where}: an empty name", option=option)
+    if _CONTROL.search(text):
+        raise UsageError(f"{where}: {ascii(text)} holds a control character (newline, tab, "
+                         "escape, ...)", option=option)
+    return text
+
+
+def check_names(names: str | Sequence[str] | None) -> tuple[str, ...] | None:
+    """Output names: each checked with :func:`check_name`, distinct (ignoring case)."""
+    items = split_list(names)
+    if items is None:
+        return None
+    out = tuple(check_name(n) for n in items)
+    if len({n.casefold() for n in out}) < len(out):
+        raise UsageError(f"names: {list(out)} repeats a name; names must be distinct",
+                         option="names")
+    return out
+
+
+def check_text(value: str, option: str) -> str:
+    """A plain one-line value (a UID, an address): no control characters."""
+    text = str(value).strip()
+    if not text or _CONTROL.search(text):
+        raise UsageError(f"{option} {ascii(value)}: give a one-line value", option=option)
+    return text
+
+
+def check_formats(formats: str | Sequence[str]) -> tuple[str, ...]:
+    """Output formats, each one of :data:`FORMATS`, at least one."""
+    items = split_list(formats) or []
+    for f in items:
+        check_choice(f, FORMATS, "format")
+    if not items:
+        raise UsageError(f"format: give at least one of {', '.join(FORMATS)}", option="format")
+    return tuple(dict.fromkeys(items))

@@ -1,119 +1,82 @@
 """The pipeline: the stages of one segmentation, in order, each timed.
 
-    load -> frames -> support (slice choice, bank) -> match -> propagate -> postprocess
-    -> assemble (labelmap on the query grid + report)
+    load -> frames -> locate -> support (slice choice, banks) -> match -> propagate
+    -> postprocess -> assemble (labelmap on the query grid + report)
 
 Each stage is a small function with typed inputs and outputs; the model is asked for only
-when a stage needs it (``method=sam2`` or ``matcher=sam2``).
+when a stage needs it (``method=sam2`` or ``matcher=sam2``). Settings travel as one
+:class:`~medseg.config.SegmentConfig`; what a run reuses across queries (the support as
+read, banks) lives in :class:`Caches`, owned by the caller.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .augment import BankConfig
+from ._lazy import lazy_import
+from .config import SegmentConfig, to_dict
 from .errors import InputError, UsageError
 from .frames import FrameStack, parse_window, volume_to_frames
 from .io import Volume, check_finite, check_not_label, read_image
-from .labels import LabelPlan, check_name, make_plan
-from .locate import Correspondence, correspond, expected_frames
-from .match import make_matcher
-from .options import (
-    AXES,
-    CORRESPONDENCE,
-    METHODS,
-    MODALITIES,
-    MODES,
-    OVERLAP,
-    PLACEMENT,
-    PRESENCE,
-    check_choice,
-    check_int,
-    check_range_syntax,
-)
+from .labels import LabelPlan, SupportLabel, make_plan, read_support_label
+from .locate import Correspondence, correspond, counterpart, expected_frames
+from .match import Matcher, make_matcher
 from .postprocess import parse_range, postprocess, postprocess_masks
-from .propagate import Matching, Propagation, Sam2Pairs, Sam2Volume, Transfer
+from .propagate import Matching, Propagation, Propagator, Sam2Pairs, Sam2Volume, Transfer
 from .report import FrameRecord, GroupRecord, Report
 from .result import Result
-from .segmentations import SupportLabel, read_support_label
-from .support import SupportGroup, counterpart, position_prior, prepare_support
+from .support import BankCache, SupportGroup, SupportScan, position_prior, prepare_support
 from .timing import Timer
 
+if TYPE_CHECKING:
+    from .engine import Sam2Engine
+
+tqdm = lazy_import("tqdm")
+
 ImageInput = "str | os.PathLike | Volume"
+EngineFactory = Callable[[], "Sam2Engine"]
+
+
+# --- what runs share ------------------------------------------------------------------------
 
 
 @dataclass
-class SegmentConfig:
-    """What to segment and how (everything except the model)."""
+class Caches:
+    """What a :class:`~medseg.api.Segmenter` reuses across queries: the support as read
+    (keyed by its paths, file sizes and times, and the options that change reading) and
+    the banks of placed support slices (keyed by content)."""
 
-    labels: Sequence[int | str] | None = None  # support values or segment names; default all
-    names: Sequence[str] | None = None
-    mode: str = "pair"
-    matcher: str | None = None  # default: sam2 for method sam2, ncc for transfer
-    method: str = "sam2"  # "transfer": matched member's mask, no SAM2 (baseline)
-    axis: str = "axial"
-    window: str | None = None
-    modality: str = "auto"
-    support_slice: int | None = None
-    shots: int = 0  # 0: every labelled slice the label offers (up to 16); 1: 1-shot; k
-    presence: str = "auto"  # "auto": empty masks outside the structure's expected extent
-    correspondence: str = "auto"  # "off": query and support slices related by order only
-    placement: str = "auto"  # in-plane: "auto" (world if shared, else search), ...
-    overlap: str = "first"  # "keep": structures may overlap (multi-layer .seg.nrrd, DICOM-SEG)
-    bank: BankConfig = field(default_factory=BankConfig)
-    keep_largest: bool = False
-    fill_holes: bool = False
-    z_range: str | None = None
-    resample_label: bool = False
-    support_series: str | None = None
-    query_series: str | None = None
+    supports: dict[tuple, tuple[Volume, SupportLabel]] = field(default_factory=dict)
+    banks: BankCache = field(default_factory=BankCache)
 
-    def check(self) -> SegmentConfig:
-        """Validated copy with the matcher default filled in."""
-        check_choice(self.mode, MODES, "mode")
-        check_choice(self.method, METHODS, "method")
-        check_choice(self.axis, AXES, "axis")
-        check_choice(self.modality, MODALITIES, "modality")
-        matcher = self.matcher or ("sam2" if self.method == "sam2" else "ncc")
-        make_matcher(matcher)  # validates the name only
-        check_int(self.shots, "shots", 0)
-        check_choice(self.presence, PRESENCE, "presence")
-        check_choice(self.correspondence, CORRESPONDENCE, "correspondence")
-        check_choice(self.placement, PLACEMENT, "placement")
-        check_choice(self.overlap, OVERLAP, "overlap")
-        check_int(self.bank.seed, "seed", 0, 2**31 - 1)
-        if self.support_slice is not None:
-            check_int(self.support_slice, "support_slice", 0)
-        check_range_syntax(self.z_range)
-        parse_window(self.window)
-        names = [check_name(n) for n in self.names] if self.names is not None else None
-        if names is not None and self.labels and len(names) != len(self.labels):
-            raise UsageError(f"names: {len(names)} names for {len(self.labels)} labels",
-                             option="names")
-        return replace(self, matcher=matcher, names=names)
-
-    @property
-    def needs_model(self) -> bool:
-        return self.method == "sam2" or self.matcher == "sam2"
+    def support(self, support: ImageInput, label: ImageInput | Volume,
+                cfg: SegmentConfig) -> tuple[Volume, SupportLabel]:
+        """The support image and label, read once while they stay the same files."""
+        if not all(isinstance(x, (str, os.PathLike)) for x in (support, label)):
+            return load_support(support, label, cfg)  # volumes (or mistakes) are not cached
+        key = (_file_key(support), _file_key(label), cfg.support.support_series,
+               cfg.support.resample_label)
+        if key not in self.supports:
+            self.supports.clear()  # one support at a time
+            self.supports[key] = load_support(support, label, cfg)
+        return self.supports[key]
 
 
-def make_config(config: SegmentConfig | None, options: dict[str, Any]) -> SegmentConfig:
-    """``config`` with keyword overrides (``bank_size``/``seed`` set the bank's)."""
-    cfg = config or SegmentConfig()
-    bank_kw = {k: int(options.pop(o)) for o, k in (("bank_size", "size"), ("seed", "seed"))
-               if o in options}
-    if bank_kw:
-        options["bank"] = replace(cfg.bank, **bank_kw)
-    unknown = set(options) - set(SegmentConfig.__dataclass_fields__)
-    if unknown:
-        raise TypeError(f"unknown option(s): {', '.join(sorted(unknown))}")
-    return replace(cfg, **options).check()
+def _file_key(path: ImageInput) -> tuple:
+    p = Path(path)
+    try:
+        st = p.stat()
+        return (str(p.resolve()), st.st_size, st.st_mtime_ns)
+    except OSError:
+        return (str(p),)
 
 
 # --- stages --------------------------------------------------------------------------------------
@@ -121,26 +84,28 @@ def make_config(config: SegmentConfig | None, options: dict[str, Any]) -> Segmen
 
 @dataclass
 class Inputs:
+    """The scans of one run and the support's label."""
+
     support: Volume
     label: SupportLabel
     query: Volume
 
 
-def load_support(support: Any, support_label: Any, cfg: SegmentConfig
+def load_support(support: ImageInput, support_label: ImageInput, cfg: SegmentConfig
                  ) -> tuple[Volume, SupportLabel]:
     """Read and check the support image and its label (paths or :class:`Volume`)."""
-    s = check_finite(check_not_label(_volume(support, "support", cfg.support_series), "support"),
-                     "support")
-    return s, read_support_label(support_label, s, resample=cfg.resample_label)
+    s = check_finite(check_not_label(_volume(support, "support", cfg.support.support_series),
+                                     "support"), "support")
+    return s, read_support_label(support_label, s, resample=cfg.support.resample_label)
 
 
-def load_query(query: Any, cfg: SegmentConfig) -> Volume:
+def load_query(query: ImageInput, cfg: SegmentConfig) -> Volume:
     """Read and check a query (path or :class:`Volume`)."""
     return check_finite(check_not_label(_volume(query, "query", cfg.query_series), "query"),
                         "query")
 
 
-def _volume(x: Any, name: str, series: str | None) -> Volume:
+def _volume(x: ImageInput, name: str, series: str | None) -> Volume:
     if isinstance(x, Volume):
         return x
     if isinstance(x, np.ndarray):
@@ -150,60 +115,54 @@ def _volume(x: Any, name: str, series: str | None) -> Volume:
 
 @dataclass
 class Frames:
+    """The query's and the support's frames along the slicing axis."""
+
     query: FrameStack
     support: FrameStack
 
 
 def cut_frames(inputs: Inputs, cfg: SegmentConfig) -> Frames:
+    """Both scans as normalised frames along ``cfg.axis``."""
     window = parse_window(cfg.window)
     return Frames(volume_to_frames(inputs.query, cfg.axis, cfg.modality, window),
                   volume_to_frames(inputs.support, cfg.axis, cfg.modality, window))
 
 
+def locate(inputs: Inputs, frames: Frames, cfg: SegmentConfig) -> Correspondence:
+    """The slice correspondence (``unrelated`` when switched off)."""
+    if cfg.locate.correspondence == "off":
+        return Correspondence.unrelated(len(frames.query), "off", off=True)
+    return correspond(inputs.query, inputs.support, frames.query, frames.support)
+
+
 def plan_support(inputs: Inputs, frames: Frames, cfg: SegmentConfig, corr: Correspondence,
-                 banks: dict | None = None) -> tuple[LabelPlan, list[SupportGroup]]:
+                 banks: BankCache | None = None) -> tuple[LabelPlan, list[SupportGroup]]:
+    """The structures of the run and their support groups (slices, placement, banks)."""
     plan = make_plan(inputs.label.segments, cfg.labels, cfg.names, f"support label "
                      f"{inputs.label.path or ''}".strip())
-    groups = prepare_support(frames.support, inputs.support, inputs.label, plan, frames.query,
-                             cfg.bank, cfg.shots, cfg.support_slice, corr, cfg.placement, banks)
+    groups = prepare_support(SupportScan(inputs.support, frames.support, inputs.label), plan,
+                             frames.query, cfg.support, corr, cfg.locate.placement, banks)
     return plan, groups
-
-
-class SupportCache:
-    """The support read once, and its slice banks kept for reuse (a cohort's queries on the
-    same grid with the same placement reuse a bank, and with it the bank's encodings)."""
-
-    def __init__(self) -> None:
-        self._inputs: dict[str, tuple[Volume, SupportLabel]] = {}
-        self.banks: dict = {}
-
-    def support(self, support: Any, label: Any, cfg: SegmentConfig) -> tuple[Volume, SupportLabel]:
-        if isinstance(support, Volume) or isinstance(label, Volume):
-            return load_support(support, label, cfg)
-        key = repr((str(support), str(label), cfg.support_series, cfg.resample_label))
-        if key not in self._inputs:
-            self._inputs = {key: load_support(support, label, cfg)}  # one support at a time
-            self.banks = {}
-        return self._inputs[key]
 
 
 @dataclass
 class Methods:
     """The matcher and propagator of a run (sharing one feature store on the query)."""
 
-    matcher: Any
-    propagator: Any
+    matcher: Matcher
+    propagator: Propagator
     inline_match: bool  # SAM2-feature matching done inside pair propagation
 
     @classmethod
-    def build(cls, cfg: SegmentConfig, frames: Frames, engine: Any, budget_mb: float) -> Methods:
+    def build(cls, cfg: SegmentConfig, frames: Frames, engine, budget_mb: float) -> Methods:
+        """The methods ``cfg`` asks for, on ``engine`` where they need SAM2."""
         store = engine.store(frames.query.frames, budget_mb) if engine is not None else None
-        matcher = make_matcher(cfg.matcher, engine, store)
-        keep = cfg.overlap == "keep"
+        matcher = make_matcher(cfg.resolved_matcher, engine, store)
+        keep = cfg.post.overlap == "keep"
         if cfg.method == "transfer":
             return cls(matcher, Transfer(keep), False)
         if cfg.mode == "pair":
-            return cls(matcher, Sam2Pairs(engine, store, keep), cfg.matcher == "sam2")
+            return cls(matcher, Sam2Pairs(engine, store, keep), cfg.resolved_matcher == "sam2")
         return cls(matcher, Sam2Volume(engine, store, keep), False)
 
     def match(self, query: np.ndarray, group: SupportGroup, corr: Correspondence,
@@ -246,65 +205,6 @@ def combine(props: list[Propagation], groups: list[SupportGroup], n_out: int, sh
     return Combined(labels, scores, props, masks)
 
 
-# --- the whole job ----------------------------------------------------------------------------
-
-
-def run(support: Any, support_label: Any, query: Any, cfg: SegmentConfig,
-        engine: Callable[[], Any] | None = None, progress: bool = False,
-        feature_cache_mb: float = 2048.0, cache: SupportCache | None = None) -> Result:
-    """Segment ``query``; ``engine()`` returns the loaded SAM2 engine when one is needed.
-    ``cache`` keeps the support and its banks across queries."""
-    cache = cache or SupportCache()
-    _warm_imports()
-    t = Timer()
-    with t("load"):
-        s, label = cache.support(support, support_label, cfg)
-        inputs = Inputs(s, label, load_query(query, cfg))
-    with t("frames"):
-        frames = cut_frames(inputs, cfg)
-    with t("locate"):
-        corr = correspond(inputs.query, inputs.support, frames.query, frames.support) \
-            if cfg.correspondence == "auto" else Correspondence(
-                np.full(len(frames.query), np.nan), "none", 0.0, evidence={"off": True})
-    with t("support"):
-        plan, groups = plan_support(inputs, frames, cfg, corr, cache.banks)
-    eng = engine() if cfg.needs_model and engine is not None else None
-    if cfg.needs_model and eng is None:
-        raise UsageError("this configuration needs a SAM2 model (method or matcher sam2)")
-    methods = Methods.build(cfg, frames, eng, feature_cache_mb if cfg.mode == "volume" else 0.0)
-    q = frames.query.frames
-    bar = _progress(progress, len(q) * len(groups))
-    props, expected = [], []
-    for g in groups:
-        exp = presence_prior(g, corr, len(q), cfg.presence)
-        with t("match"):
-            matching = methods.match(q, g, corr, exp.any(axis=1))
-        with t("propagate"):
-            props.append(apply_presence(methods.propagator.run(q, g, matching, bar.update), exp))
-        expected.append(exp)
-    bar.close()
-    combined = combine(props, groups, len(plan), q.shape)
-    with t("postprocess"):
-        clean = {"keep_largest": cfg.keep_largest, "holes": cfg.fill_holes,
-                 "frame_range": parse_range(cfg.z_range, len(q))}
-        lab = postprocess(combined.labels, plan.output_values, **clean)
-        if combined.masks is not None:
-            combined.masks = postprocess_masks(combined.masks, **clean)
-    return assemble(inputs, frames, plan, groups, combined, lab, cfg, eng, t,
-                    Located(corr, expected))
-
-
-def _warm_imports() -> None:
-    """Import the augmentation library in the background while the scans load (it takes
-    a second or two and only the support stage needs it)."""
-    import sys
-    import threading
-
-    if "albumentations" not in sys.modules:
-        os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-        threading.Thread(target=__import__, args=("albumentations",), daemon=True).start()
-
-
 @dataclass
 class Located:
     """What the pipeline knew about where each structure is."""
@@ -331,8 +231,101 @@ def apply_presence(p: Propagation, expected: np.ndarray) -> Propagation:
     return p
 
 
+def clean_up(combined: Combined, plan: LabelPlan, cfg: SegmentConfig, n: int) -> np.ndarray:
+    """The post-processing ``cfg`` asks for, on the labelmap and the kept masks."""
+    post = cfg.post
+    clean = {"keep_largest": post.keep_largest, "holes": post.fill_holes,
+             "frame_range": parse_range(post.z_range, n)}
+    if combined.masks is not None:
+        combined.masks = postprocess_masks(combined.masks, **clean)
+    return postprocess(combined.labels, plan.output_values, **clean)
+
+
+# --- the whole job ----------------------------------------------------------------------------
+
+
+@dataclass
+class RunContext:
+    """What a run needs besides its inputs and settings."""
+
+    engine: EngineFactory | None = None  # returns the loaded SAM2 engine when needed
+    progress: bool = False
+    feature_cache_mb: float = 2048.0
+    caches: Caches = field(default_factory=Caches)
+
+
+def run(support: ImageInput, support_label: ImageInput, query: ImageInput, cfg: SegmentConfig,
+        ctx: RunContext | None = None) -> Result:
+    """Segment ``query`` from a labelled support.
+
+    Args:
+        support, support_label: the support scan and its label (paths or volumes).
+        query: the scan to segment (a path or a volume).
+        cfg: what to segment and how.
+        ctx: the engine factory, progress, caches shared across queries.
+
+    Returns:
+        The result: labelmap on the query's exact grid, plan, report.
+    """
+    ctx = ctx or RunContext()
+    _warm_imports()
+    t = Timer()
+    with t("load"):
+        s, label = ctx.caches.support(support, support_label, cfg)
+        inputs = Inputs(s, label, load_query(query, cfg))
+    with t("frames"):
+        frames = cut_frames(inputs, cfg)
+    with t("locate"):
+        corr = locate(inputs, frames, cfg)
+    with t("support"):
+        plan, groups = plan_support(inputs, frames, cfg, corr, ctx.caches.banks)
+    eng = _engine(cfg, ctx)
+    methods = Methods.build(cfg, frames, eng,
+                            ctx.feature_cache_mb if cfg.mode == "volume" else 0.0)
+    props, expected = _propagate(frames.query.frames, groups, corr, cfg, methods, t, ctx)
+    combined = combine(props, groups, len(plan), frames.query.frames.shape)
+    with t("postprocess"):
+        lab = clean_up(combined, plan, cfg, len(frames.query))
+    return assemble(inputs, frames, plan, groups, combined, lab, cfg, eng, t,
+                    Located(corr, expected))
+
+
+def _engine(cfg: SegmentConfig, ctx: RunContext):
+    if not cfg.needs_model:
+        return None
+    eng = ctx.engine() if ctx.engine is not None else None
+    if eng is None:
+        raise UsageError("this configuration needs a SAM2 model (method or matcher sam2)")
+    return eng
+
+
+def _propagate(q: np.ndarray, groups: list[SupportGroup], corr: Correspondence,
+               cfg: SegmentConfig, methods: Methods, t: Timer, ctx: RunContext
+               ) -> tuple[list[Propagation], list[np.ndarray]]:
+    """Match and propagate every group; presence applied."""
+    bar = _progress(ctx.progress, len(q) * len(groups))
+    props, expected = [], []
+    for g in groups:
+        exp = presence_prior(g, corr, len(q), cfg.locate.presence)
+        with t("match"):
+            matching = methods.match(q, g, corr, exp.any(axis=1))
+        with t("propagate"):
+            props.append(apply_presence(methods.propagator.run(q, g, matching, bar.update), exp))
+        expected.append(exp)
+    bar.close()
+    return props, expected
+
+
+def _warm_imports() -> None:
+    """Import the augmentation library in the background while the scans load (it takes
+    a second or two and only the support stage needs it)."""
+    if "albumentations" not in sys.modules:
+        os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+        threading.Thread(target=__import__, args=("albumentations",), daemon=True).start()
+
+
 def assemble(inputs: Inputs, frames: Frames, plan: LabelPlan, groups: list[SupportGroup],
-             combined: Combined, labels: np.ndarray, cfg: SegmentConfig, eng: Any,
+             combined: Combined, labels: np.ndarray, cfg: SegmentConfig, eng,
              t: Timer, located: Located) -> Result:
     """The labelmap on the query's exact grid and the report."""
     q = inputs.query
@@ -343,7 +336,7 @@ def assemble(inputs: Inputs, frames: Frames, plan: LabelPlan, groups: list[Suppo
     if eng is not None:
         timings["model_load"] = round(eng.load_seconds, 4)
     report = Report(
-        config=_config_dict(cfg), inputs=_inputs_dict(inputs, frames, cfg),
+        config=config_record(cfg), inputs=_inputs_dict(inputs, frames, cfg),
         segments=plan.as_list(), support_groups=_group_records(groups, combined.props),
         per_frame=_frame_records(frames.query, q, labels, plan, combined, groups, located),
         timings_s=timings, engine=eng.describe(usage=True) if eng is not None else None,
@@ -352,9 +345,10 @@ def assemble(inputs: Inputs, frames: Frames, plan: LabelPlan, groups: list[Suppo
                   dict(q.meta), combined.masks)
 
 
-def _config_dict(cfg: SegmentConfig) -> dict:
-    d = asdict(cfg)
-    d["labels"] = list(cfg.labels) if cfg.labels else None
+def config_record(cfg: SegmentConfig) -> dict:
+    """The settings as the report keeps them (the matcher's default filled in)."""
+    d = to_dict(cfg)
+    d["matcher"] = cfg.resolved_matcher
     return d
 
 
@@ -411,6 +405,4 @@ class _NoBar:
 def _progress(enabled: bool, total: int):
     if not enabled or not sys.stderr.isatty() or os.environ.get("MEDSEG_NO_PROGRESS"):
         return _NoBar()
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc="segmenting", unit="frame", file=sys.stderr)
+    return tqdm.tqdm(total=total, desc="segmenting", unit="frame", file=sys.stderr)

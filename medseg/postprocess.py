@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._lazy import lazy_import
 from .errors import UsageError
+
+ndimage = lazy_import("scipy.ndimage")
 
 
 def largest_component(mask: np.ndarray) -> np.ndarray:
     """Keep the largest 3D connected component (26-connectivity) of a boolean mask."""
-    from scipy import ndimage
-
     lab, n = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
     if n <= 1:
         return mask.astype(bool)
@@ -21,8 +22,6 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
 
 def fill_holes(mask: np.ndarray) -> np.ndarray:
     """Fill holes slice by slice (2D, along the first axis) -- enclosed background only."""
-    from scipy import ndimage
-
     out = np.empty_like(mask, dtype=bool)
     for i in range(mask.shape[0]):
         out[i] = ndimage.binary_fill_holes(mask[i])

@@ -17,13 +17,19 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from ._lazy import lazy_import
 from .errors import DeviceError
 from .match import best_members, transfer_masks
 from .support import SupportGroup
+
+torch = lazy_import("torch")
+
+if TYPE_CHECKING:
+    from .engine import FeatureStore, Sam2Engine
 
 Progress = Callable[[int], None]
 
@@ -96,7 +102,8 @@ class Sam2Pairs:
 
     name = "pair"
 
-    def __init__(self, engine: Any, store: Any = None, keep_masks: bool = False):
+    def __init__(self, engine: Sam2Engine, store: FeatureStore | None = None,
+                 keep_masks: bool = False):
         self.engine, self.store, self.keep_masks = engine, store, keep_masks
 
     def run(self, query, group, matching, progress=None) -> Propagation:
@@ -114,7 +121,8 @@ class Sam2Pairs:
                 query[sub], group.bank.images, group.bank.masks,
                 None if members is None else members[sub],
                 prior=None if matching.prior is None else matching.prior[sub],
-                store=store if full else None, progress=progress, keep_masks=self.keep_masks)
+                store=store if full else None, progress=progress, keep_masks=self.keep_masks,
+                bank_key=group.bank.key)
 
         out = with_oom_retry(self.engine, call, self.store)
         labels = np.zeros(query.shape, out.labels.dtype)
@@ -135,7 +143,8 @@ class Sam2Volume:
 
     name = "volume"
 
-    def __init__(self, engine: Any, store: Any = None, keep_masks: bool = False):
+    def __init__(self, engine: Sam2Engine, store: FeatureStore | None = None,
+                 keep_masks: bool = False):
         self.engine, self.store, self.keep_masks = engine, store, keep_masks
 
     def run(self, query, group, matching, progress=None) -> Propagation:
@@ -193,11 +202,9 @@ def insertion(matching: Matching, start: int = 0, stop: int | None = None) -> tu
     return int(fi) + start, int(mi)
 
 
-def with_oom_retry(engine: Any, call: Callable, store: Any) -> Any:
+def with_oom_retry(engine: Sam2Engine, call: Callable, store: FeatureStore | None) -> Any:
     """``call(store, offload=False)``; on CUDA out-of-memory once more with batch size 1, a
     fresh store and the state offloaded to the CPU."""
-    import torch
-
     try:
         return call(store, False)
     except torch.cuda.OutOfMemoryError:

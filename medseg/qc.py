@@ -8,17 +8,19 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ._lazy import lazy_import
+
+matplotlib = lazy_import("matplotlib")
+pyplot = lazy_import("matplotlib.pyplot")
+
 if TYPE_CHECKING:
     from .result import Result
 
 
 def _figure():
-    import matplotlib
-
+    """pyplot on the file-only Agg backend (no screen needed)."""
     matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
+    return pyplot
 
 
 def _aspect(spacing_rc: tuple[float, float]) -> float:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata as md
 import os
 import platform
 import sys
@@ -17,8 +18,6 @@ OVERLAP_RULE = ("within a support slice: highest positive SAM2 logit (transfer: 
 
 def versions() -> dict[str, str]:
     """Versions of medseg and the stack it runs on."""
-    import importlib.metadata as md
-
     out = {"medseg": __version__, "python": platform.python_version()}
     for pkg in ("torch", "sam2", "SimpleITK", "numpy", "albumentations", "monai", "nibabel"):
         try:
@@ -32,9 +31,8 @@ def machine() -> dict[str, Any]:
     """The machine: platform, CPUs and (when torch is loaded) threads and GPU."""
     info: dict[str, Any] = {"platform": platform.platform(), "processor": platform.machine(),
                             "cpus": os.cpu_count()}
-    if "torch" in sys.modules:
-        import torch
-
+    if "torch" in sys.modules:  # only when already loaded: a report never imports torch
+        torch = sys.modules["torch"]
         info["torch_threads"] = torch.get_num_threads()
         if torch.cuda.is_available():
             info["gpu"] = torch.cuda.get_device_name(0)

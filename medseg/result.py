@@ -63,8 +63,24 @@ class Result:
              report: str | os.PathLike | None = None,
              qc: str | os.PathLike | None = None,
              protect: Sequence[str | os.PathLike] = ()) -> dict[str, Path]:
-        """Write the chosen files all-or-nothing; refuses to overwrite unless asked, and never
-        replaces an input (this result's own, and ``protect``: e.g. every input of a cohort)."""
+        """Write the chosen files all-or-nothing.
+
+        Args:
+            out_dir: the output folder (created if needed).
+            formats: any of ``nifti``, ``seg.nrrd``, ``dicom-seg``, ``itk-snap``.
+            overwrite: replace existing outputs (otherwise refused).
+            stem: the file-name stem (default: the query's name).
+            report, qc: the report's path (default beside the outputs); a QC picture.
+            protect: more paths no output may replace (e.g. every input of a cohort); this
+                result's own inputs are always protected.
+
+        Returns:
+            ``{kind: path}`` of every file written.
+
+        Raises:
+            OutputError: an output exists (without ``overwrite``), would replace an input,
+                or cannot be written.
+        """
         export.prepare_output_dir(out_dir)
         paths = self.output_paths(out_dir, formats, stem, report, qc)
         for p in paths.values():
@@ -73,27 +89,16 @@ class Result:
         protected = export.input_files([*inputs, *protect])
         export.check_outputs(list(paths.values()), overwrite=overwrite, inputs=list(protected))
         t0 = time.perf_counter()
-        ref, plan = self.labels, self.plan
-        masks = self.structure_masks() if {"seg.nrrd", "dicom-seg"} & paths.keys() else None
-        with export.OutputTransaction(overwrite, protected) as tx:
-            if "nifti" in paths:
-                tx.add(paths["nifti"], lambda p: export.nifti_labelmap(ref.array, ref, p,
-                                                                      plan.dtype))
-                tx.add(paths["ctbl"], lambda p: export.color_table(plan, p))
-            if "itk-snap" in paths:
-                tx.add(paths["itk-snap"], lambda p: export.itksnap_labels(plan, p))
-            if "seg.nrrd" in paths:
-                tx.add(paths["seg.nrrd"], lambda p: export.seg_nrrd(ref.array, ref, plan, p,
-                                                                    masks))
-            if "dicom-seg" in paths:
-                from .dicom import write_dicom_seg
 
-                tx.add(paths["dicom-seg"], lambda p: write_dicom_seg(self, p, masks))
-            if "qc" in paths:
-                from .qc import qc_figure
-
-                tx.add(paths["qc"], lambda p: qc_figure(self, p, fmt=paths["qc"].suffix[1:].lower()))
+        def finish_report() -> None:
             self.report.timings_s["write"] = round(time.perf_counter() - t0, 4)
             self.report.outputs = {k: str(v) for k, v in paths.items()}
-            tx.add(paths["report"], lambda p: export.json_file(p, self.report.to_dict()))
+
+        with export.OutputTransaction(overwrite, protected) as tx:
+            export.write_all(self, paths, tx, finish_report)
         return paths
+
+    def segment_tags(self) -> dict[int, dict[str, str]]:
+        """Extra Slicer segment tags per output value (what a ``.seg.nrrd`` carries beyond
+        names, colours and terminology)."""
+        return {}

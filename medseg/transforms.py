@@ -19,7 +19,12 @@ from typing import Any
 
 import numpy as np
 
+from ._lazy import lazy_import
+from .api import Segmenter
 from .io import Volume
+
+monai_data = lazy_import("monai.data")
+torch = lazy_import("torch")
 
 _RAS_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
@@ -44,15 +49,12 @@ def metatensor_to_volume(t: Any) -> Volume:
 
 def volume_to_metatensor(vol: Volume, like: Any = None) -> Any:
     """A :class:`Volume` as a channel-first MetaTensor with the RAS affine MONAI uses."""
-    import torch
-    from monai.data import MetaTensor
-
     aff = np.eye(4)
     aff[:3, :3] = vol.direction * np.asarray(vol.spacing)[None, :]
     aff[:3, 3] = vol.origin
     meta = dict(getattr(like, "meta", {}) or {})
     data = torch.from_numpy(np.ascontiguousarray(vol.array.transpose(2, 1, 0))[None])
-    return MetaTensor(data, affine=torch.as_tensor(_RAS_LPS @ aff), meta=meta)
+    return monai_data.MetaTensor(data, affine=torch.as_tensor(_RAS_LPS @ aff), meta=meta)
 
 
 def _source(t: Any) -> str | None:
@@ -76,8 +78,6 @@ class SegmentFromSupportd(_Base):  # type: ignore[misc,valid-type]
             super().__init__(keys, allow_missing_keys)
         else:  # pragma: no cover
             self.keys = (keys,) if isinstance(keys, (str, bytes)) else tuple(keys)
-        from .api import Segmenter
-
         self.support, self.support_label = support, support_label
         self.suffix, self.options = suffix, options
         self.segmenter = segmenter or Segmenter()

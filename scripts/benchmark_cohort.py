@@ -62,8 +62,7 @@ def main() -> None:
 
     import torch
 
-    from medseg.checkpoints import build_random_checkpoint
-    from medseg.engine import select_device
+    from medseg.engine import build_random_checkpoint, select_device
     from medseg.io import write_image
     from medseg.report import machine, versions
 

@@ -27,8 +27,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/match"))
     args = ap.parse_args()
-    from medseg.checkpoints import build_random_checkpoint
-    from medseg.engine import Sam2Engine
+    from medseg.engine import Sam2Engine, build_random_checkpoint
     from medseg.match import ncc_distance, ssim_distance
     from medseg.report import machine, versions
 
@@ -41,7 +40,7 @@ def main() -> None:
         d = fn(q, b)
         rows[name] = {"seconds": round(time.perf_counter() - t0, 3), "shape": list(d.shape)}
     ck = build_random_checkpoint(Path(tempfile.mkdtemp()) / "r.pt", "tiny", args.image_size)
-    e = Sam2Engine("tiny", str(ck), args.device)
+    e = Sam2Engine(model="tiny", checkpoint=str(ck), device=args.device)
     n_enc = 16
     t0 = time.perf_counter()
     entries = e.encode_many(q[:n_enc])

@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> None:
     items = scans(args.root)
     if len(items) < args.folds + 1:
         raise SystemExit(f"{args.root}: {len(items)} scans; need more than {args.folds}")
-    seg = Segmenter("tiny", args.checkpoint, args.device)
+    seg = Segmenter(model="tiny", checkpoint=args.checkpoint, device=args.device)
     rows = []
     for fi, fold in enumerate(folds(items, args.folds)):
         outside = [t for t in items if t not in fold]

@@ -39,7 +39,6 @@ import numpy as np
 
 from medseg import data
 from medseg.api import SegmentConfig, Segmenter, machine, versions
-from medseg.augment import BankConfig
 from medseg.frames import label_to_frames
 from medseg.io import Volume, read_image
 from medseg.metrics import implementation, surface_metrics
@@ -54,7 +53,7 @@ STEPS = [  # the weight-free path, one component at a time
 
 def support_labelmap(path: str, image: Volume, values) -> Volume:
     """Any support label form as one integer labelmap on the support image's grid."""
-    from medseg.segmentations import read_support_label
+    from medseg.labels import read_support_label
 
     lab = read_support_label(path, image)
     arr = np.zeros(image.shape, np.int32)
@@ -227,14 +226,14 @@ def main() -> None:
         if args.random_weights:
             import tempfile
 
-            from medseg.checkpoints import build_random_checkpoint
+            from medseg.engine import build_random_checkpoint
 
             ckpt = build_random_checkpoint(Path(tempfile.mkdtemp()) / "random_tiny_256.pt", "tiny",
                                            256, args.seed)
             ckpt_note = "RANDOM WEIGHTS"
-        seg = Segmenter(args.model, ckpt, args.device, image_size=args.image_size)
+        seg = Segmenter(model=args.model, checkpoint=ckpt, device=args.device, image_size=args.image_size)
     else:
-        seg = Segmenter(args.model, None, args.device, allow_download=False)
+        seg = Segmenter(model=args.model, device=args.device, allow_download=False)
     rows: list[dict] = []
     for name in args.cases.split(","):
         case = data.CASES[name]
@@ -258,9 +257,9 @@ def main() -> None:
                 if matcher == "sam2" and not (args.checkpoint or args.random_weights):
                     continue
                 for label, extra in STEPS if args.steps else STEPS[-1:]:
-                    cfg = SegmentConfig(labels=list(case.labels), names=list(case.names),
+                    cfg = SegmentConfig.from_options(labels=list(case.labels), names=list(case.names),
                                         method="transfer", matcher=matcher, window=case.window,
-                                        bank=BankConfig(size=bs, seed=args.seed), **extra)
+                                        bank_size=bs, seed=args.seed, **extra)
                     t0 = time.perf_counter()
                     r = seg.segment(s, sl_path, q, cfg)
                     tt = time.perf_counter() - t0
@@ -270,9 +269,9 @@ def main() -> None:
                                   tt, {"bank_size": bs}))
             if args.checkpoint or args.random_weights:
                 for mode in modes:
-                    cfg = SegmentConfig(labels=list(case.labels), names=list(case.names),
+                    cfg = SegmentConfig.from_options(labels=list(case.labels), names=list(case.names),
                                         mode=mode, matcher="sam2", window=case.window,
-                                        bank=BankConfig(size=bs, seed=args.seed))
+                                        bank_size=bs, seed=args.seed)
                     t0 = time.perf_counter()
                     r = seg.segment(s, sl_path, q, cfg)
                     tt = time.perf_counter() - t0

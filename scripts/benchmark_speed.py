@@ -190,8 +190,8 @@ def main() -> None:
 
     import torch
 
-    from medseg.checkpoints import build_random_checkpoint, sha256
-    from medseg.engine import select_device
+    from medseg.checkpoints import sha256
+    from medseg.engine import build_random_checkpoint, select_device
     from medseg.report import machine, versions
 
     dev = select_device(args.device)

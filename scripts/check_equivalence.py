@@ -31,8 +31,7 @@ def run(args) -> dict:
     import torch
 
     from medseg.api import machine, versions
-    from medseg.checkpoints import build_random_checkpoint
-    from medseg.engine import Sam2Engine, select_device
+    from medseg.engine import Sam2Engine, build_random_checkpoint, select_device
     from medseg.engine.reference import compare, sample_frames, stock_pairs, stock_predictor, stock_run
 
     dev = select_device(args.device)
@@ -50,7 +49,7 @@ def run(args) -> dict:
     rows, medseg_out = [], {}
     for precision in precisions:
         for bs in [int(b) for b in args.batch_sizes.split(",")]:
-            eng = Sam2Engine("tiny", str(ckpt), str(dev), image_size=args.image_size,
+            eng = Sam2Engine(model="tiny", checkpoint=str(ckpt), device=str(dev), image_size=args.image_size,
                              batch_size=bs, precision=precision)
             ref = stock_predictor(eng)
             stock = {

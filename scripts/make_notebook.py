@@ -37,7 +37,8 @@ A real SAM2.1 checkpoint is used when one is available (`MEDSEG_CHECKPOINT`, or 
 filled by `medseg demo` on a machine with internet). Otherwise the notebook builds SAM2.1 tiny
 from the real sam2 config with **random weights**: every step runs for real, but the masks
 it produces mean nothing."""),
-    ("code", """from medseg.checkpoints import build_random_checkpoint, cache_status
+    ("code", """from medseg.checkpoints import cache_status
+from medseg.engine import build_random_checkpoint
 
 ckpt = os.environ.get("MEDSEG_CHECKPOINT") or cache_status()["tiny"]
 RANDOM = ckpt is None
@@ -87,7 +88,7 @@ for s, name in zip(evaluate_labelmaps(quick.labels.array, ref.array, query.spaci
                                       labels=[1, 2], ref_labels=[5, 1]), ["liver", "spleen"]):
     print(f"transfer {name:7s} Dice {s.dice:.3f}")"""),
     ("md", "## Segment the query with SAM2"),
-    ("code", """seg = medseg.Segmenter("tiny", ckpt, device="auto")
+    ("code", """seg = medseg.Segmenter(model="tiny", checkpoint=ckpt, device="auto")
 res = seg.segment(paths["support"], paths["support_label"], paths["query"], labels=[5, 1],
                   names=["liver", "spleen"], mode="pair", matcher="sam2", bank_size=8, seed=0)
 print({k: round(v, 2) for k, v in res.report.timings_s.items()})

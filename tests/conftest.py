@@ -62,7 +62,7 @@ def oblique_pair():
 def random_checkpoint(tmp_path_factory):
     """A tiny SAM2.1 built from the real config with random weights (image size 256),
     whose object-score head is biased so masks are non-empty."""
-    from medseg.checkpoints import build_random_checkpoint
+    from medseg.engine import build_random_checkpoint
 
     path = tmp_path_factory.mktemp("ckpt") / "sam2.1_tiny_random256.pt"
     return build_random_checkpoint(path, "tiny", image_size=256, seed=0, object_score_bias=5.0)
@@ -72,7 +72,7 @@ def random_checkpoint(tmp_path_factory):
 def segmenter(random_checkpoint):
     from medseg.api import Segmenter
 
-    return Segmenter("tiny", random_checkpoint, "cpu", batch_size=4)
+    return Segmenter(model="tiny", checkpoint=random_checkpoint, device="cpu", batch_size=4)
 
 
 def pytest_collection_modifyitems(config, items):

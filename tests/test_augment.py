@@ -2,9 +2,10 @@ import cv2
 import numpy as np
 import pytest
 
-from medseg.augment import Bank, BankConfig, build_bank
+from medseg.config import BankConfig
 from medseg.errors import UsageError
 from medseg.metrics import dice_iou
+from medseg.support import Bank, build_bank
 
 
 def shapes(h=96, w=112):

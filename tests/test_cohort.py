@@ -91,7 +91,7 @@ def test_segment_many_and_support_reuse(cohort, random_checkpoint):
     from medseg.api import Segmenter
 
     files, qdir, _ = cohort
-    seg = Segmenter("tiny", random_checkpoint, "cpu", batch_size=4)
+    seg = Segmenter(model="tiny", checkpoint=random_checkpoint, device="cpu", batch_size=4)
     qs = [qdir / "case0.nii.gz", qdir / "case1.nii.gz"]
     res = list(seg.segment_many(files["s"], files["l"], qs, labels=[1], bank_size=2,
                                 placement="centre"))

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from medseg.checkpoints import build_random_checkpoint, infer_model_size, load_state_dict
+from medseg.checkpoints import infer_model_size, load_state_dict
+from medseg.engine import build_random_checkpoint
 from medseg.errors import DeviceError, ModelError
 
 pytestmark = pytest.mark.slow
@@ -13,7 +14,7 @@ pytestmark = pytest.mark.slow
 def engine(random_checkpoint):
     from medseg.engine import Sam2Engine
 
-    return Sam2Engine("tiny", str(random_checkpoint), "cpu", batch_size=3)
+    return Sam2Engine(model="tiny", checkpoint=str(random_checkpoint), device="cpu", batch_size=3)
 
 
 def frames(n=7, h=48, w=56, seed=0):
@@ -92,7 +93,8 @@ def test_equal_to_stock_sam2(random_checkpoint, batch_size):
         stock_run,
     )
 
-    e = Sam2Engine("tiny", str(random_checkpoint), "cpu", batch_size=batch_size)
+    e = Sam2Engine(model="tiny", checkpoint=str(random_checkpoint), device="cpu",
+                   batch_size=batch_size)
     ref = stock_predictor(e)
     u8, masks = sample_frames(6, 256, seed=2)
     s = 2
@@ -162,7 +164,7 @@ def test_identity_member_matches_itself(engine):
 
 def test_feature_store_budget_and_reuse(engine):
     """Volume mode with encoder features kept from matching gives the same result."""
-    from medseg.engine.core import entry_mb
+    from medseg.engine.features import entry_mb
 
     q = frames(n=9, h=40, w=40, seed=6)
     m = np.zeros((1, 40, 40), bool)
@@ -271,7 +273,8 @@ def test_cuda_equal_to_stock(random_checkpoint, precision):
     from medseg.engine import Sam2Engine
     from medseg.engine.reference import compare, sample_frames, stock_pairs, stock_predictor
 
-    e = Sam2Engine("tiny", str(random_checkpoint), "cuda", batch_size=1, precision=precision)
+    e = Sam2Engine(model="tiny", checkpoint=str(random_checkpoint), device="cuda", batch_size=1,
+                   precision=precision)
     u8, masks = sample_frames(4, 256, seed=1)
     q = (u8[1:] / 255.0).astype(np.float32)
     pair = e.run_pairs(q, q[:1] * 0 + u8[0] / 255.0, masks[None], np.zeros(3, int),
@@ -316,7 +319,7 @@ def test_absent_object_gives_empty_masks(tmp_path):
     from medseg.engine import Sam2Engine
 
     ck = build_random_checkpoint(tmp_path / "neg.pt", "tiny", image_size=256, object_score_bias=-5.0)
-    e = Sam2Engine("tiny", str(ck), "cpu", batch_size=4)
+    e = Sam2Engine(model="tiny", checkpoint=str(ck), device="cpu", batch_size=4)
     q = frames(n=4)
     m = np.zeros((1, 1, 48, 56), bool)
     m[0, 0, 10:30, 10:30] = True

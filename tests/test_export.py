@@ -10,6 +10,8 @@ from conftest import phantom
 from medseg import export
 from medseg.errors import OutputError
 from medseg.export import OutputTransaction, check_outputs, prepare_output_dir, write_atomic
+from medseg.export.labelmap import color_table, itksnap_labels, nifti_labelmap
+from medseg.export.seg_nrrd import seg_nrrd
 from medseg.io import read_image
 from medseg.labels import SegmentInfo, make_plan
 
@@ -19,15 +21,15 @@ def make_segments(values, names=None):
 
 
 def write_seg_nrrd(labels, ref, plan, path):
-    return write_atomic(path, lambda p: export.seg_nrrd(labels, ref, plan, p))
+    return write_atomic(path, lambda p: seg_nrrd(labels, ref, plan, p))
 
 
 def write_nifti_labelmap(labels, ref, path):
-    return write_atomic(path, lambda p: export.nifti_labelmap(labels, ref, p))
+    return write_atomic(path, lambda p: nifti_labelmap(labels, ref, p))
 
 
 def write_color_table(plan, path):
-    return write_atomic(path, lambda p: export.color_table(plan, p))
+    return write_atomic(path, lambda p: color_table(plan, p))
 
 REQUIRED = {"Segmentation_ContainedRepresentationNames", "Segmentation_MasterRepresentation",
             "Segmentation_ReferenceImageExtentOffset"}
@@ -129,7 +131,7 @@ def test_overwrite_and_inputs(tmp_path):
     with pytest.raises(OutputError, match="--overwrite"):
         check_outputs([a], overwrite=False)
     check_outputs([a], overwrite=True)
-    with pytest.raises(OutputError, match="is one of the inputs"):
+    with pytest.raises(OutputError, match="would replace an input"):
         check_outputs([a], overwrite=True, inputs=[str(a)])
     f = tmp_path / "file"
     f.write_text("x")
@@ -193,13 +195,13 @@ def test_unicode_names_round_trip(tmp_path):
     plan = make_plan({1: SegmentInfo(1), 2: SegmentInfo(2)}, [1, 2], ["Leber ü", "脾臓"])
     p = write_seg_nrrd(lab.array, img, plan, tmp_path / "u.seg.nrrd")
     assert "Segment1_Name:=脾臓\n".encode() in p.read_bytes()[:4000]  # UTF-8, as Slicer writes
-    from medseg.segmentations import read_support_label
+    from medseg.labels import read_support_label
 
     back = read_support_label(p, img)
     assert [back.segments[v].name for v in back.values] == ["Leber ü", "脾臓"]
     c = write_color_table(plan, tmp_path / "u.ctbl")
     assert "1 Leber_ü " in c.read_text(encoding="utf-8")
-    t = write_atomic(tmp_path / "u.txt", lambda q: export.itksnap_labels(plan, q))
+    t = write_atomic(tmp_path / "u.txt", lambda q: itksnap_labels(plan, q))
     assert '"脾臓"' in t.read_text(encoding="utf-8")
 
 
@@ -208,7 +210,7 @@ def test_output_names_are_safe_and_collisions_refused(tmp_path):
 
     uid = "1.3.6.1.4.1.14519.5.2.1.6279.6001." + "1" * 200
     stem = export.query_stem(f"/data/{uid}.mhd")
-    assert len(stem.encode()) <= export.MAX_STEM_BYTES and stem.startswith("1.3.6.1.4.1")
+    assert len(stem.encode()) <= export.paths.MAX_STEM_BYTES and stem.startswith("1.3.6.1.4.1")
     paths = export.output_paths(tmp_path, stem, ["nifti", "seg.nrrd"])
     for p in paths.values():
         write_atomic(p, lambda q: q.write_text("x"))  # no "File name too long"

@@ -1,4 +1,5 @@
-"""The package's shape: short functions, no import cycle, sam2 only inside the engine."""
+"""The package's shape: short functions with few parameters, no import cycle at any level
+(imports inside functions and ``lazy_import`` included), sam2 only inside the engine."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[1] / "medseg"
 MAX_LINES = 60
+MAX_PARAMS = 10
 
 
 def _modules() -> dict[str, ast.Module]:
@@ -18,18 +20,70 @@ def _modules() -> dict[str, ast.Module]:
     return out
 
 
-def _resolve(module: str, node: ast.ImportFrom, is_pkg: bool) -> list[str]:
-    """Absolute medseg module names an ``from ... import`` at module level refers to."""
-    if node.level == 0:
-        base = node.module or ""
-    else:
-        parts = module.split(".")
-        parts = parts if is_pkg else parts[:-1]
-        parts = parts[: len(parts) - (node.level - 1)]
-        base = ".".join(parts + ([node.module] if node.module else []))
-    if not base.startswith("medseg"):
-        return []
-    return [base] + [f"{base}.{a.name}" for a in node.names]
+def _is_pkg(name: str) -> bool:
+    return (PKG.parent / name.replace(".", "/") / "__init__.py").exists()
+
+
+def _type_checking_nodes(tree: ast.Module) -> set[int]:
+    """ids of nodes inside ``if TYPE_CHECKING:`` blocks (never executed)."""
+    skip: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            skip |= {id(n) for b in node.body for n in ast.walk(b)}
+    return skip
+
+
+def _edges(name: str, tree: ast.Module, mods: dict[str, ast.Module]) -> set[str]:
+    """Every medseg module ``name`` imports, at any level (``lazy_import`` included)."""
+    skip = _type_checking_nodes(tree)
+    out: set[str] = set()
+    for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level == 0:
+                base = node.module or ""
+            else:
+                parts = name.split(".") if _is_pkg(name) else name.split(".")[:-1]
+                parts = parts[: len(parts) - (node.level - 1)]
+                base = ".".join(parts + ([node.module] if node.module else []))
+            subs = [f"{base}.{a.name}" for a in node.names if f"{base}.{a.name}" in mods]
+            out |= set(subs) if subs and len(subs) == len(node.names) else {base, *subs}
+        elif isinstance(node, ast.Call) and getattr(node.func, "id", None) == "lazy_import" \
+                and node.args and isinstance(node.args[0], ast.Constant):
+            out.add(str(node.args[0].value))
+    return {m for m in out if m in mods and m != name}
+
+
+def test_no_import_cycle_at_any_level():
+    mods = _modules()
+    graph = {name: _edges(name, tree, mods) for name, tree in mods.items()}
+    # a module importing its own package's __init__ is Python's normal partial import
+    graph = {n: {d for d in deps if not n.startswith(d + ".")} for n, deps in graph.items()}
+    state: dict[str, int] = {}
+
+    def visit(n: str, path: list[str]) -> None:
+        state[n] = 1
+        for d in sorted(graph[n]):
+            assert state.get(d) != 1, "import cycle: " + " -> ".join(path + [d])
+            if d not in state:
+                visit(d, path + [d])
+        state[n] = 2
+
+    for n in sorted(graph):
+        if n not in state:
+            visit(n, [n])
+
+
+def test_the_cycle_check_sees_function_level_and_lazy_imports():
+    """The check is not blind: a function-level import and a lazy_import both count."""
+    a = ast.parse("def f():\n    from .b import x\n")
+    b = ast.parse("from ._lazy import lazy_import\nm = lazy_import('medseg.a')\n")
+    mods = {"medseg.a": a, "medseg.b": b, "medseg._lazy": ast.parse("")}
+    assert "medseg.b" in _edges("medseg.a", a, mods)
+    assert "medseg.a" in _edges("medseg.b", b, mods)
 
 
 def test_no_function_longer_than_sixty_lines():
@@ -40,29 +94,26 @@ def test_no_function_longer_than_sixty_lines():
     assert not long, long
 
 
-def test_no_import_cycle_at_module_level():
-    mods = _modules()
-    graph: dict[str, set[str]] = {}
-    for name, tree in mods.items():
-        is_pkg = (PKG.parent / name.replace(".", "/") / "__init__.py").exists()
-        deps = set()
-        for node in tree.body:  # module level only: imports inside functions are lazy
-            if isinstance(node, ast.ImportFrom):
-                deps |= {d for d in _resolve(name, node, is_pkg) if d in mods and d != name}
-        graph[name] = deps
-    state: dict[str, int] = {}
+def test_no_function_with_more_than_ten_parameters():
+    """Settings travel as objects; ``self``/``cls`` are not counted, ``**options`` of a
+    command whose parameters are its options is one parameter."""
+    many = []
+    for name, tree in _modules().items():
+        for n in ast.walk(tree):
+            if not isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            a = n.args
+            params = [p.arg for p in (*a.posonlyargs, *a.args, *a.kwonlyargs)
+                      if p.arg not in ("self", "cls")]
+            count = len(params) + bool(a.vararg) + bool(a.kwarg)
+            if count > MAX_PARAMS:
+                many.append(f"{name}.{n.name} ({count})")
+    assert not many, many
 
-    def visit(n: str, path: list[str]) -> None:
-        state[n] = 1
-        for d in graph[n]:
-            assert state.get(d) != 1, "import cycle: " + " -> ".join(path + [d])
-            if d not in state:
-                visit(d, path + [d])
-        state[n] = 2
 
-    for n in graph:
-        if n not in state:
-            visit(n, [n])
+def test_no_lambda_assigned_to_a_name():
+    text = [p for p in PKG.rglob("*.py") if "noqa: E731" in p.read_text(encoding="utf-8")]
+    assert not text, text
 
 
 def test_sam2_is_imported_only_by_the_engine():
@@ -70,8 +121,28 @@ def test_sam2_is_imported_only_by_the_engine():
     for name, tree in _modules().items():
         for node in ast.walk(tree):
             mods = [a.name for a in node.names] if isinstance(node, ast.Import) else \
-                [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else []
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else \
+                [str(node.args[0].value)] if isinstance(node, ast.Call) and \
+                getattr(node.func, "id", None) == "lazy_import" and node.args and \
+                isinstance(node.args[0], ast.Constant) else []
             if any(m == "sam2" or m.startswith("sam2.") for m in mods) and \
                     not name.startswith("medseg.engine"):
                 users.append(name)
     assert not users, users
+
+
+def test_heavy_libraries_are_not_imported_at_module_level():
+    """torch, sam2, SimpleITK, scipy, matplotlib, highdicom, ray load through lazy_import
+    (or inside the engine's predictor, which is itself imported lazily)."""
+    heavy = ("torch", "sam2", "SimpleITK", "scipy", "matplotlib", "highdicom", "ray",
+             "albumentations", "monai", "skimage")
+    found = []
+    for name, tree in _modules().items():
+        if name in ("medseg.engine.predictor", "medseg.transforms"):
+            continue  # loaded only through lazy_import / by MONAI users
+        for node in tree.body:
+            mods = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else []
+            if any(m.split(".")[0] in heavy for m in mods):
+                found.append(name)
+    assert not found, found

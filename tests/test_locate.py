@@ -6,7 +6,9 @@ import pytest
 
 from medseg.frames import volume_to_frames
 from medseg.io import Volume
-from medseg.locate import correspond, expected_frames, masked_ncc_shift, place, shared_frame
+from medseg.locate import PlacementParams, correspond, expected_frames, place
+from medseg.locate.ncc import masked_ncc_shift
+from medseg.locate.shared import shared_frame
 
 ORGAN = (140.0, 200.0)  # mm along the body axis where the "organ" is
 
@@ -95,7 +97,7 @@ def test_small_field_of_view_is_found_by_translation_search():
     dy, dx, score = masked_ncc_shift(big, crop)
     assert (dy, dx) == (30, 70) and score > 0.99
     # as a placement: where the support's centre lies relative to the query's centre
-    cy, cx, zoom, score = place(big, (1.0, 1.0), crop, (1.0, 1.0), downsample_mm=1.0)
+    cy, cx, zoom, score = place(big, (1.0, 1.0), crop, (1.0, 1.0), p=PlacementParams(grid_mm=1.0))
     assert (round(cy), round(cx)) == (round(59.5 - 30 - 24.5), round(69.5 - 70 - 29.5))
 
 

@@ -3,8 +3,9 @@ import numpy as np
 import pytest
 from test_augment import channels, shapes
 
-from medseg.augment import BankConfig, build_bank
+from medseg.config import BankConfig
 from medseg.match import best_members, ncc_distance, ssim_distance, transfer_masks
+from medseg.support import build_bank
 
 
 def textured(seed=0, h=96, w=112):

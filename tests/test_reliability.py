@@ -159,12 +159,12 @@ def test_10_sigterm_while_writing_leaves_nothing(tmp_path, case):
     out = tmp_path / "o"
     code = textwrap.dedent(f"""
         import os, signal, sys
-        import medseg.cli as cli, medseg.export as export
-        real = export.seg_nrrd
+        import medseg.cli as cli, medseg.export.seg_nrrd as writer
+        real = writer.seg_nrrd
         def slow(*a, **k):
             real(*a, **k)
             os.kill(os.getpid(), signal.SIGTERM)
-        export.seg_nrrd = slow
+        writer.seg_nrrd = slow
         signal.signal(signal.SIGTERM, cli._on_sigterm)
         sys.exit(cli.main({[str(x) for x in ["segment", "-s", case["s"], "-l", case["l"], "-i",
                                                case["q"], "-o", out, "--format",
@@ -301,7 +301,7 @@ def test_17_no_process_wide_side_effects(case, random_checkpoint):
 
     torch.manual_seed(1234)
     state = torch.random.get_rng_state()
-    seg = Segmenter("tiny", random_checkpoint, "cpu", batch_size=2)
+    seg = Segmenter(model="tiny", checkpoint=random_checkpoint, device="cpu", batch_size=2)
     seg.segment(case["s"], case["l"], case["q"], labels=[1], bank_size=1, matcher="ncc")
     assert torch.equal(torch.random.get_rng_state(), state)
     assert GlobalHydra.instance().is_initialized()

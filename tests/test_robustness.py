@@ -41,12 +41,12 @@ def small_case(tmp_path):
 @pytest.mark.slow
 def test_ctrl_c_while_writing_leaves_nothing(tmp_path, small_case, random_checkpoint, monkeypatch,
                                              capsys):
-    import medseg.export as export
+    import medseg.export.seg_nrrd as writer
 
     def interrupted(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(export, "seg_nrrd", interrupted)
+    monkeypatch.setattr(writer, "seg_nrrd", interrupted)
     out = tmp_path / "out"
     code = main(["segment", "-s", str(small_case["s"]), "-l", str(small_case["l"]), "-i",
                  str(small_case["q"]), "-o", str(out), "--checkpoint", str(random_checkpoint),
@@ -64,7 +64,7 @@ def test_gpu_oom_retry_then_clear_error(small_case, random_checkpoint, monkeypat
     from medseg.api import Segmenter
     from medseg.errors import DeviceError
 
-    seg = Segmenter("tiny", random_checkpoint, "cpu", batch_size=4)
+    seg = Segmenter(model="tiny", checkpoint=random_checkpoint, device="cpu", batch_size=4)
     real = seg.engine.run_pairs
     calls = []
 

@@ -13,7 +13,7 @@ from conftest import TRANSFER, run_cli, write_case
 from medseg import data
 from medseg.errors import EXIT_INPUT, EXIT_USAGE, InputError
 from medseg.io import read_image, write_image
-from medseg.segmentations import find_label_beside, read_support_label
+from medseg.labels import find_label_beside, read_support_label
 
 run = run_cli
 
@@ -298,10 +298,10 @@ def test_demo_offline_runs_the_weight_free_method(tmp_path, capsys, monkeypatch)
 
 
 def test_transfer_defaults_to_a_weight_free_matcher(tmp_path):
-    from medseg.pipeline import SegmentConfig
+    from medseg.config import SegmentConfig
 
-    assert SegmentConfig(method="transfer").check().matcher == "ncc"
-    assert SegmentConfig().check().matcher == "sam2"
+    assert SegmentConfig(method="transfer").resolved_matcher == "ncc"
+    assert SegmentConfig().resolved_matcher == "sam2"
     with pytest.raises(InputError):
         read_support_label(tmp_path / "missing.seg.nrrd", None)
 

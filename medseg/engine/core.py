@@ -1,18 +1,24 @@
-"""The SAM2 engine: a loaded model, its batched image encoder, and the two prompting modes.
+"""The SAM2 engine: a loaded model, its batched image encoder, and the prompting modes.
 
 * ``pair`` (Zu et al. 2025): for every query frame a 2-frame clip [matched support member,
   query frame], the member's mask as prompt on frame 0. Clips are independent, so frame 1
   of many clips runs as one batched call; each member's prompt is encoded once.
 * ``volume``: the support is inserted into the query stack and masks propagate forward
   and backward with SAM2's memory.
+* ``scan`` (:meth:`Sam2Engine.run_scan`): the scan the user painted, every painted frame a
+  mask prompt (SAM2's own interactive video mode), propagated forward from the first
+  prompt and backward from it, as ``propagate_in_video`` does by default.
 
 Overlap rule when several labels are segmented together: a pixel goes to the label with
 the highest mask logit among those whose logit is positive.
 
 Exactness: with ``batch_size=1`` the outputs are bit-identical to stock sam2's
-``init_state`` / ``add_new_mask`` / ``propagate_in_video`` on the same frames (tested
-against sam2's public API). Larger batches change the arithmetic of batched kernels by
-about one unit in the last place (measured tolerances: README, 'Exactness').
+``init_state`` / ``add_new_mask`` / ``propagate_in_video`` on the same frames, given at
+the model's input size (tested against sam2's public API, :mod:`medseg.engine.reference`).
+Larger batches change the arithmetic of batched kernels by about one unit in the last
+place (``benchmarks/equivalence/``).
+
+The engine owns the cache of support-bank encodings, keyed by the bank's content.
 """
 
 from __future__ import annotations
@@ -20,47 +26,28 @@ from __future__ import annotations
 import contextlib
 import time
 import warnings
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..checkpoints import model_spec, resolve_checkpoint, sha256, validate_checkpoint
-from ..errors import DeviceError, ModelError
+from .._lazy import lazy_import
+from ..checkpoints import model_spec, provenance, resolve_checkpoint, sha256, validate_checkpoint
+from ..config import ModelConfig, with_options
 from ..frames import to_model_input
+from ..support.augment import content_key
 from ..timing import Timer
+from .build import build_predictor
+from .device import select_device
+from .features import FeatureStore
+
+torch = lazy_import("torch")
+F = lazy_import("torch.nn.functional")
 
 MATCH_POOL = 16  # LPIPS-style distance on features average-pooled to 16 x 16
+BANK_CACHE = 8  # support banks whose encodings the engine keeps
 Progress = Callable[[int], None]
-
-
-def select_device(spec: str = "auto"):
-    """``auto|cpu|cuda|cuda:N|mps`` -> torch.device, with a clear error if unavailable."""
-    import torch
-
-    spec = (spec or "auto").lower()
-    spec = "cuda" if spec == "gpu" else spec
-    has_mps = bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "mps" if has_mps else "cpu")
-    if spec.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise DeviceError(f"device {spec}: no CUDA GPU is available to this torch "
-                              f"({torch.__version__}); use cpu (slow) or install a CUDA build "
-                              "of torch", option="device")
-        dev = torch.device(spec)
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise DeviceError(f"device {spec}: only {torch.cuda.device_count()} CUDA device(s) "
-                              "present", option="device")
-        return dev
-    if spec == "mps":
-        if not has_mps:
-            raise DeviceError("device mps: Apple MPS is not available here; use cpu",
-                              option="device")
-        return torch.device("mps")
-    if spec == "cpu":
-        return torch.device("cpu")
-    raise DeviceError(f"device {spec!r}: use auto, cpu, cuda, cuda:N or mps", option="device")
 
 
 @dataclass
@@ -78,8 +65,6 @@ class EngineOutput:
 
 def merge(logits, obj_to_label: Sequence[int]) -> np.ndarray:
     """(K, 1, H, W) logits -> (H, W) uint8 labelmap by the highest positive logit."""
-    import torch
-
     best, idx = torch.max(logits[:, 0].float(), dim=0)
     lut = torch.tensor(list(obj_to_label), dtype=torch.uint8, device=idx.device)
     return torch.where(best > 0, lut[idx], torch.zeros_like(idx, dtype=torch.uint8)).cpu().numpy()
@@ -113,123 +98,56 @@ class _Collector:
 class _BankState:
     """What the engine keeps of one support bank (see :meth:`Sam2Engine._bank`)."""
 
-    images: np.ndarray
     features: dict[int, dict] = field(default_factory=dict)  # member -> encoder output
-    prompts: dict[int, dict[int, dict]] = field(default_factory=dict)  # member -> object -> out
-    prompt_masks: np.ndarray | None = None  # the masks the prompts were encoded from
-    prompt_size: tuple[int, int] | None = None  # ... and the frame size
-
-
-class FeatureStore:
-    """Image-encoder features of a stack of frames, computed in batches.
-
-    Matching and propagation share one store: features computed while matching are kept,
-    up to ``budget_mb``, and handed to propagation instead of being computed again. Frames
-    not kept are encoded when first asked for, together with the next frames of the same
-    pass (``ahead``), so the encoder always runs in batches.
-    """
-
-    def __init__(self, engine: Sam2Engine, frames: np.ndarray, budget_mb: float = 0.0):
-        self.engine = engine
-        self.frames = frames
-        self.budget_mb = float(budget_mb)
-        self.used_mb = 0.0
-        self.encode_seconds = 0.0
-        self._kept: dict[int, dict] = {}
-        self._ahead: dict[int, dict] = {}
-
-    def __len__(self) -> int:
-        return len(self.frames)
-
-    @property
-    def kept(self) -> list[int]:
-        return sorted(self._kept)
-
-    def _encode(self, idx: Sequence[int]) -> list[dict]:
-        t0 = time.perf_counter()
-        out = self.engine.encode(self.frames[list(idx)])
-        self.encode_seconds += time.perf_counter() - t0
-        return out
-
-    def batches(self) -> Iterator[tuple[list[int], list[dict]]]:
-        """Every frame once, in encoder batches; new features kept while the budget allows."""
-        bs = self.engine.batch_size
-        for start in range(0, len(self.frames), bs):
-            idx = list(range(start, min(len(self.frames), start + bs)))
-            todo = [i for i in idx if i not in self._kept]
-            new = dict(zip(todo, self._encode(todo))) if todo else {}
-            for i, e in new.items():
-                size = entry_mb(e)
-                if self.used_mb + size <= self.budget_mb:
-                    self._kept[i] = _detach(e)
-                    self.used_mb += size
-            yield idx, [self._kept.get(i) or new[i] for i in idx]
-
-    def window(self, start: int, stop: int) -> FeatureStore:
-        """The frames ``start:stop`` as a store of their own, with what is kept of them."""
-        sub = FeatureStore(self.engine, self.frames[start:stop], 0.0)
-        sub._kept = {i - start: e for i, e in self._kept.items() if start <= i < stop}
-        return sub
-
-    def get(self, i: int, ahead: Sequence[int] = ()) -> dict:
-        """Features of frame ``i`` (kept, prefetched, or encoded now with ``ahead``)."""
-        if i in self._kept:
-            return self._kept[i]
-        if i not in self._ahead:
-            todo = [i] + [j for j in ahead if j != i and j not in self._kept
-                          and j not in self._ahead][: self.engine.batch_size - 1]
-            self._ahead.update(zip(todo, self._encode(todo)))
-        return self._ahead.pop(i)
-
-
-def entry_mb(entry: dict) -> float:
-    """Memory of one frame's features (the shared positional encodings excluded)."""
-    return sum(f.numel() * f.element_size() for f in entry["backbone_fpn"]) / 2**20
-
-
-def _detach(entry: dict) -> dict:
-    """A copy that does not keep the whole encoder batch alive."""
-    return {"backbone_fpn": [f.clone() for f in entry["backbone_fpn"]],
-            "vision_pos_enc": entry["vision_pos_enc"]}
+    # (masks' content key, frame size) -> member -> object -> encoded prompt
+    prompts: dict[tuple[str, tuple[int, int]], dict[int, dict[int, dict]]] = field(
+        default_factory=dict)
 
 
 class Sam2Engine:
     """A loaded SAM2.1 video predictor (medseg's subclass) plus batching and prompting."""
 
-    def __init__(self, model: str = "tiny", checkpoint: str | None = None, device: str = "auto",
-                 image_size: int | None = None, batch_size: int = 8, precision: str = "auto",
-                 allow_download: bool = True, progress: bool = True, compile: bool = False):
-        import torch
+    def __init__(self, config: ModelConfig | None = None, *, progress: bool = True,
+                 **options) -> None:
+        """Load the model.
 
-        if precision not in ("auto", "bf16", "fp32"):
-            raise ModelError(f"precision {precision!r}: use auto, bf16 or fp32", option="precision")
-        self.model_name = model
-        spec = model_spec(model)
-        self.device = select_device(device)
-        path, source = resolve_checkpoint(model, checkpoint, allow_download=allow_download,
-                                          progress=progress)
-        self.checkpoint_meta = validate_checkpoint(path, model,
+        Args:
+            config: the model settings (:class:`~medseg.config.ModelConfig`).
+            progress: show a download progress bar.
+            options: :class:`~medseg.config.ModelConfig` fields overriding ``config``.
+
+        Raises:
+            ModelError: checkpoint missing, corrupt or of another size; sam2 unusable.
+            DeviceError: the device asked for is not available.
+        """
+        cfg = with_options(config or ModelConfig(), **options)
+        self.config = cfg
+        self.model_name = cfg.model
+        spec = model_spec(cfg.model)
+        self.device = select_device(cfg.device)
+        path, source = resolve_checkpoint(cfg.model, cfg.checkpoint,
+                                          allow_download=cfg.allow_download, progress=progress)
+        self.checkpoint_meta = validate_checkpoint(path, cfg.model,
                                                    from_cache=source in ("cache", "download"))
         self.checkpoint_path, self.checkpoint_source = path, source
-        self.image_size = int(image_size if image_size is not None
+        self.image_size = int(cfg.image_size if cfg.image_size is not None
                               else self.checkpoint_meta.get("image_size", 1024))
-        self.batch_size = max(1, int(batch_size))
+        self.batch_size = cfg.batch_size
         self.prune = True  # drop outputs beyond SAM2's memory reach (exact; tested)
-        self._banks: dict[int, _BankState] = {}  # see _bank
+        self._banks: OrderedDict[str, _BankState] = OrderedDict()  # see _bank
         t0 = time.perf_counter()
         self.predictor = build_predictor(spec.config, path, self.device, self.image_size)
         self.load_seconds = time.perf_counter() - t0
         self._sha256: str | None = None
         use_bf16 = self.device.type == "cuda" and (
-            precision == "bf16" or (precision == "auto" and torch.cuda.is_bf16_supported()))
+            cfg.precision == "bf16" or (cfg.precision == "auto"
+                                        and torch.cuda.is_bf16_supported()))
         self.precision = "bf16" if use_bf16 else "fp32"
-        self.compiled: dict | None = self._compile() if compile else None
+        self.compiled: dict | None = self._compile() if cfg.compile else None
 
     def _compile(self) -> dict:
         """``torch.compile`` the image encoder (fixed input size), warmed up here at the
         encoder batch size; returns the warm-up cost for the report."""
-        import torch
-
         t0 = time.perf_counter()
         enc = self.predictor.image_encoder
         enc.forward = torch.compile(enc.forward, dynamic=False)
@@ -249,8 +167,6 @@ class Sam2Engine:
     def describe(self, usage: bool = False) -> dict:
         """The engine for reports; ``usage`` adds the peak GPU memory since the process
         started (CUDA only)."""
-        from ..checkpoints import provenance
-
         info = {
             "model": self.model_name, "checkpoint": str(self.checkpoint_path),
             "checkpoint_source": self.checkpoint_source,
@@ -263,14 +179,11 @@ class Sam2Engine:
             "compiled": self.compiled,
         }
         if usage and self.device.type == "cuda":
-            import torch
-
             info["gpu_peak_mb"] = round(torch.cuda.max_memory_allocated(self.device) / 2**20, 1)
         return info
 
     def autocast(self):
-        import torch
-
+        """bf16 autocast on CUDA when the engine runs in bf16, else nothing."""
         if self.precision == "bf16":
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
@@ -279,8 +192,6 @@ class Sam2Engine:
     def context(self) -> Iterator[None]:
         """Inference mode and the engine's precision (sam2's note that its optional CUDA
         extension for hole filling is missing is silenced: harmless, see README)."""
-        import torch
-
         with torch.inference_mode(), self.autocast(), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*cannot import name '_C'.*")
             yield
@@ -300,31 +211,35 @@ class Sam2Engine:
         return [e for i in range(0, len(frames), self.batch_size)
                 for e in self.encode(frames[i : i + self.batch_size])]
 
-    def _bank(self, images: np.ndarray) -> _BankState:
-        """Encoder features and encoded prompts of a bank's members, kept while the same bank
-        is used again (a cohort reuses its support's bank for every query)."""
-        state = self._banks.get(id(images))
-        if state is None or state.images is not images:
-            if len(self._banks) >= 8:
-                self._banks.clear()
-            state = self._banks[id(images)] = _BankState(images)
+    def _bank(self, images: np.ndarray, key: str | None = None) -> _BankState:
+        """Encoder features and encoded prompts of a bank's members, kept by the bank's
+        content key while it is used again (a cohort reuses its support's bank for every
+        query); ``key`` is the bank's own when the caller has it, else computed here."""
+        key = key or content_key(images)
+        state = self._banks.get(key)
+        if state is None:
+            state = self._banks[key] = _BankState()
+            while len(self._banks) > BANK_CACHE:
+                self._banks.popitem(last=False)
+        self._banks.move_to_end(key)
         return state
 
-    def prompts(self, images: np.ndarray, masks: np.ndarray, size: tuple[int, int]
-                ) -> dict[int, dict[int, dict]]:
+    def prompts(self, images: np.ndarray, masks: np.ndarray, size: tuple[int, int],
+                key: str | None = None) -> dict[int, dict[int, dict]]:
         """Encoded mask prompts (member -> object -> output) for these masks and frame size."""
-        state = self._bank(images)
-        if state.prompt_masks is not masks or state.prompt_size != size:
-            state.prompts, state.prompt_masks, state.prompt_size = {}, masks, size
-        return state.prompts
+        per = self._bank(images, key).prompts
+        return per.setdefault((content_key(masks), tuple(size)), {})
 
-    def member_features(self, images: np.ndarray, members: Sequence[int]) -> dict[int, dict]:
-        feats = self._bank(images).features
+    def member_features(self, images: np.ndarray, members: Sequence[int],
+                        key: str | None = None) -> dict[int, dict]:
+        """Encoder outputs of bank members (encoded once per bank, in batches)."""
+        feats = self._bank(images, key).features
         todo = [m for m in members if m not in feats]
         feats.update(zip(todo, self.encode_many(images[todo]) if todo else []))
         return {m: feats[m] for m in members}
 
     def store(self, frames: np.ndarray, budget_mb: float = 0.0) -> FeatureStore:
+        """A feature store over ``frames`` keeping up to ``budget_mb`` of features."""
         return FeatureStore(self, frames, budget_mb)
 
     @staticmethod
@@ -334,9 +249,6 @@ class Sam2Engine:
         The squared Euclidean distance between two descriptors equals the mean over levels
         and (pooled) positions of the squared difference of unit-normalised features.
         """
-        import torch
-        import torch.nn.functional as F
-
         levels = len(entries[0]["backbone_fpn"])
         parts = []
         for lv in range(levels):
@@ -347,21 +259,22 @@ class Sam2Engine:
 
     @staticmethod
     def distances(query_desc, bank_desc) -> np.ndarray:
-        import torch
-
+        """Squared Euclidean distances between descriptors (query x bank)."""
         return torch.cdist(query_desc, bank_desc).pow(2).cpu().numpy()
 
     # -- pair mode ---------------------------------------------------------------------------
     def run_pairs(self, query: np.ndarray, bank_images: np.ndarray, bank_masks: np.ndarray,
                   matches: np.ndarray | None = None, *, prior: np.ndarray | None = None,
                   store: FeatureStore | None = None, progress: Progress | None = None,
-                  keep_logits: bool = False, keep_masks: bool = False) -> EngineOutput:
+                  keep_logits: bool = False, keep_masks: bool = False,
+                  bank_key: str | None = None) -> EngineOutput:
         """Mode ``pair``: per query frame a clip [matched member, frame], mask prompt on 0.
 
         ``bank_masks`` is (M, K, H, W) bool; object k gets label k + 1 (``keep_masks``: each
         object's own mask too, overlaps included). Without ``matches``
         every frame is matched here, on the encoder features the tracking needs anyway
-        (LPIPS-style distance, plus ``prior`` (n, M) if given).
+        (LPIPS-style distance, plus ``prior`` (n, M) if given). ``bank_key``: the bank's
+        content key, under which its encodings are kept (computed when not given).
         """
         n, h, w = query.shape
         store = store or self.store(query)
@@ -369,11 +282,11 @@ class Sam2Engine:
         to_match = matches is None
         members = range(len(bank_images)) if to_match else sorted(set(int(m) for m in matches))
         with t("encode"):
-            feats = self.member_features(bank_images, list(members))
+            feats = self.member_features(bank_images, list(members), bank_key)
         dist = np.zeros((n, len(bank_images)), np.float32) if to_match else None
         matches = np.zeros(n, np.int64) if to_match else np.asarray(matches, np.int64)
         bank_desc = self.descriptors(list(feats.values())) if to_match else None
-        conds = self.prompts(bank_images, bank_masks, (h, w))
+        conds = self.prompts(bank_images, bank_masks, (h, w), bank_key)
         e0 = store.encode_seconds
         for idx, entries in store.batches():
             if to_match:
@@ -390,8 +303,6 @@ class Sam2Engine:
 
     def _track_batch(self, idx, entries, matches, feats, bank_masks, conds, col) -> None:
         """Frame 1 of the clips of these query frames, ``batch_size`` rows per call."""
-        import torch
-
         h, w = col.labels.shape[1:]
         rows = []  # (frame, member, object, query features)
         for i, e in zip(idx, entries):
@@ -431,8 +342,6 @@ class Sam2Engine:
         :meth:`run_pairs`). ``store`` may hold
         features of query frames already computed (e.g. while matching).
         """
-        import torch
-
         n, h, w = query.shape
         k = support_masks.shape[0]
         col, t = _Collector(n, k, h, w, keep_logits, keep_masks), Timer()
@@ -463,75 +372,3 @@ class Sam2Engine:
         t["encode"] += store.encode_seconds - e0
         t["track"] -= store.encode_seconds - e0
         return col.output(np.full(n, -1), None, t)
-
-
-def random_state_dict(config: str, image_size: int, seed: int) -> dict:
-    """The state dict of a SAM2 model built by sam2's own builder from ``config`` with
-    random weights (seeded; the caller's random state is left as it was)."""
-    return _build_sam2(config, None, "cpu", [f"++model.image_size={image_size}"],
-                       seed=seed).state_dict()
-
-
-def build_predictor(config: str, path, device, image_size: int):
-    """medseg's predictor through sam2's own builder (Hydra config, ``weights_only`` load)."""
-    try:
-        import sam2.build_sam  # noqa: F401  (what _build_sam2 uses)
-
-        from .predictor import TARGET, check_compatibility
-    except ImportError as exc:
-        raise ModelError(f"the sam2 package is not installed or broken ({exc}); see README.md, "
-                         "'Quick start'") from exc
-    check_compatibility()
-    overrides = [f"++model._target_={TARGET}"]
-    if image_size != 1024:
-        overrides.append(f"++model.image_size={image_size}")
-    try:
-        predictor = _build_sam2(config, str(path), str(device), overrides)
-    except RuntimeError as exc:
-        if "out of memory" in str(exc).lower():
-            raise DeviceError(f"out of GPU memory while loading the model on {device}") from exc
-        raise ModelError(f"checkpoint {path} does not fit the SAM2.1 config {config} "
-                         f"({str(exc).splitlines()[0][:200] or 'missing or unexpected keys'})"
-                         ) from exc
-    check_compatibility(predictor)
-    return predictor
-
-
-def _build_sam2(config: str, checkpoint: str | None, device: str, overrides: list[str],
-                seed: int | None = None):
-    """``build_sam2_video_predictor`` without moving the caller's random state (``seed``
-    seeds the random initialisation), also while another application's Hydra is set up."""
-    import torch
-    from sam2.build_sam import build_sam2_video_predictor
-
-    def build():
-        with torch.random.fork_rng(devices=[]):
-            if seed is not None:
-                torch.manual_seed(seed)
-            return build_sam2_video_predictor(config, checkpoint, device=device,
-                                              hydra_overrides_extra=overrides)
-
-    try:
-        return build()
-    except Exception as exc:  # Hydra initialised elsewhere: "Cannot find primary config"
-        if "primary config" not in str(exc):
-            raise
-        return _with_sam2_hydra(build)
-
-
-def _with_sam2_hydra(build):
-    """Build with sam2's Hydra config module while another application's Hydra setup is
-    active; that setup is restored afterwards."""
-    from hydra import initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
-
-    gh = GlobalHydra.instance()
-    saved = gh.config_loader() if gh.is_initialized() else None
-    gh.clear()
-    try:
-        with initialize_config_module("sam2", version_base="1.2"):
-            return build()
-    finally:
-        GlobalHydra.instance().clear()
-        if saved is not None:
-            GlobalHydra.instance().initialize(saved)

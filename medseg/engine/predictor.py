@@ -21,6 +21,7 @@ otherwise.
 
 from __future__ import annotations
 
+import importlib.metadata as md
 import inspect
 import re
 from collections import OrderedDict
@@ -28,8 +29,11 @@ from collections.abc import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
+from packaging.version import Version
 from sam2.sam2_video_predictor import SAM2VideoPredictor
 from sam2.utils.misc import fill_holes_in_mask_scores
+
+from ..errors import ModelError
 
 SUPPORTED_SAM2 = (">=1.1.0", "<1.2")
 TARGET = f"{__name__}.MedsegVideoPredictor"
@@ -219,12 +223,6 @@ class MedsegVideoPredictor(SAM2VideoPredictor):
 
 def check_compatibility(predictor: SAM2VideoPredictor | None = None) -> None:
     """Fail clearly if the installed sam2 is not one medseg's predictor was built for."""
-    import importlib.metadata as md
-
-    from packaging.version import Version
-
-    from ..errors import ModelError
-
     wanted = f"sam2{','.join(SUPPORTED_SAM2)}"
     try:
         found = md.version("sam2")

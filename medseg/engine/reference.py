@@ -14,15 +14,18 @@ from pathlib import Path
 
 import numpy as np
 
+from .._lazy import lazy_import
+from ..checkpoints import model_spec
+
+torch = lazy_import("torch")
+pil_image = lazy_import("PIL.Image", install="pip install pillow")
+sam2_build = lazy_import("sam2.build_sam")
+
 
 def stock_predictor(engine):
     """sam2's own ``SAM2VideoPredictor`` with the engine's config, checkpoint and size."""
-    from sam2.build_sam import build_sam2_video_predictor
-
-    from ..checkpoints import model_spec
-
     over = [f"++model.image_size={engine.image_size}"] if engine.image_size != 1024 else []
-    return build_sam2_video_predictor(model_spec(engine.model_name).config,
+    return sam2_build.build_sam2_video_predictor(model_spec(engine.model_name).config,
                                       str(engine.checkpoint_path), device=str(engine.device),
                                       hydra_overrides_extra=over)
 
@@ -34,16 +37,13 @@ def stock_run(predictor, frames_u8: np.ndarray, prompt_frame: int, masks: np.nda
     ``predictor`` is sam2's own predictor (:func:`stock_predictor`); ``masks`` is
     (K, H, W) bool, object ``k`` = id ``k``.
     """
-    import torch
-    from PIL import Image
-
     n, h, w = frames_u8.shape
     k = len(masks)
     logits = np.full((n, k, h, w), np.nan, np.float32)
     scores = np.full((n, k), np.nan, np.float32)
     with tempfile.TemporaryDirectory() as d:
         for i, f in enumerate(frames_u8):
-            Image.fromarray(f).convert("RGB").save(Path(d) / f"{i:05d}.jpg", format="PNG")
+            pil_image.fromarray(f).convert("RGB").save(Path(d) / f"{i:05d}.jpg", format="PNG")
         with torch.inference_mode(), autocast():
             state = predictor.init_state(d)
             for o, m in enumerate(masks):

@@ -1,20 +1,20 @@
 """The label plan: one owner for support values, output values, names, colours, terminology.
 
 A run segments some structures of the support label. Each gets an output value 1..N in
-the order asked for, a name and a colour (given, read from a Slicer segmentation, or
-generated, and flagged as such), and the terminology the support carried. Every output
-(labelmap, colour tables, ``.seg.nrrd``, DICOM-SEG, report, QC picture) reads the plan, so
-names and colours cannot drift from the values they belong to.
+the order asked for, a name and a colour (given, read from the label file, or generated,
+and flagged as such), and the terminology the support carried. Every output (labelmap,
+colour tables, ``.seg.nrrd``, DICOM-SEG, report, QC picture) reads the plan, so names and
+colours cannot drift from the values they belong to.
 """
 
 from __future__ import annotations
 
 import re
-import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 
-from .errors import InputError, UsageError
+from ..errors import InputError, UsageError
+from ..options import check_name
 
 # Colours of common structures (Slicer's General Anatomy palette), else a fixed cycle.
 NAMED_COLORS: dict[str, tuple[int, int, int]] = {
@@ -23,11 +23,12 @@ NAMED_COLORS: dict[str, tuple[int, int, int]] = {
     "pancreas": (249, 180, 111), "aorta": (224, 97, 76), "tumor": (253, 135, 192),
     "tumour": (253, 135, 192), "heart": (206, 110, 84), "lung": (197, 165, 145),
 }
+
+
 CYCLE = [
     (128, 174, 128), (241, 214, 145), (177, 122, 101), (111, 184, 210), (216, 101, 79),
     (221, 130, 101), (144, 238, 144), (192, 104, 88), (220, 245, 20), (78, 63, 0),
 ]
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 @dataclass(frozen=True)
@@ -95,17 +96,6 @@ class LabelPlan:
     def from_entries(cls, rows: Sequence[Mapping]) -> LabelPlan:
         """Rebuild from :meth:`as_list` output (e.g. a saved report)."""
         return cls(tuple(PlanEntry(**{**r, "color": tuple(r["color"])}) for r in rows))
-
-
-def check_name(name: str) -> str:
-    """A segment name that every output can carry: Unicode is fine, control characters not."""
-    name = unicodedata.normalize("NFC", str(name)).strip()
-    if not name:
-        raise UsageError("names: an empty name", option="names")
-    if _CONTROL.search(name):
-        raise UsageError(f"names: {name!r} holds a control character (newline, tab, ...)",
-                         option="names")
-    return name
 
 
 def _resolve(token: int | str, present: Mapping[int, SegmentInfo], source: str) -> int:

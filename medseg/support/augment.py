@@ -7,71 +7,70 @@ Member 0 is always the original slice. Every other member applies, with its own 
 * intensity transforms to the image only: brightness/contrast, gamma, Gaussian noise.
 
 Members are reproducible from ``(seed, index)`` alone and record the exact parameters
-applied (albumentations' ``save_applied_params``), including the 2x3 affine matrix.
+applied (albumentations' ``save_applied_params``), including the 2x3 affine matrix. Every
+bank carries a content key (a hash of its members' images and masks): caches of banks and
+of their encodings are keyed by it, never by object identity.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import UsageError
+from .._lazy import lazy_import
+from ..config import BankConfig
 
-
-@dataclass(frozen=True)
-class BankConfig:
-    """Size and ranges of the augmentation bank (defaults: moderate, anatomy-preserving)."""
-
-    size: int = 16  # augmented members besides the original
-    rotate_deg: float = 15.0
-    scale: tuple[float, float] = (0.9, 1.1)
-    shear_deg: float = 5.0
-    translate: float = 0.05  # fraction of the frame size
-    brightness: float = 0.2
-    contrast: float = 0.2
-    gamma: tuple[float, float] = (0.8, 1.2)
-    noise_std: tuple[float, float] = (0.0, 0.03)
-    p_affine: float = 0.9
-    p_intensity: float = 0.8
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.size < 0:
-            raise UsageError(f"bank size must be >= 0, got {self.size}")
-        if not (0 < self.scale[0] <= self.scale[1]):
-            raise UsageError(f"scale range {self.scale} must be positive and increasing")
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no version check over the network
+A = lazy_import("albumentations")
+cv2 = lazy_import("cv2", install="pip install opencv-python-headless")
 
 
 @dataclass
 class Bank:
     """Augmented support members: ``images`` (M, H, W) in [0, 1], ``masks`` (M, K, H, W) bool,
-    one channel per structure (structures may overlap)."""
+    one channel per structure (structures may overlap). ``key`` identifies the content."""
 
     images: np.ndarray
     masks: np.ndarray
     params: list[dict] = field(default_factory=list)
     source_slices: list[int] = field(default_factory=list)
+    key: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.key:
+            self.key = content_key(self.images, self.masks)
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
 
     @staticmethod
     def concat(banks: list[Bank]) -> Bank:
+        """The members of several banks as one (keys combined, nothing rehashed)."""
+        if len(banks) == 1:
+            return banks[0]
         return Bank(
             np.concatenate([b.images for b in banks]),
             np.concatenate([b.masks for b in banks]),
             [p for b in banks for p in b.params],
             [s for b in banks for s in b.source_slices],
+            hashlib.blake2b("+".join(b.key for b in banks).encode(), digest_size=16).hexdigest(),
         )
 
 
-def _pipeline(cfg: BankConfig, seed: int):
-    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no version check over the network
-    import albumentations as A
-    import cv2
+def content_key(*arrays: np.ndarray) -> str:
+    """A hash of arrays' shapes, types and bytes: equal content, equal key."""
+    h = hashlib.blake2b(digest_size=16)
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.shape}{a.dtype}".encode())
+        h.update(a.view(np.uint8).ravel() if a.dtype != bool else np.packbits(a).ravel())
+    return h.hexdigest()
 
+
+def _pipeline(cfg: BankConfig, seed: int):
     return A.Compose(
         [
             A.Affine(

@@ -1,0 +1,85 @@
+"""What ``medseg segment`` does with its options: find the labels, check everything that
+needs no model, then one query or a cohort."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from . import export
+from .api import Segmenter
+from .cohort import Job, expand_queries, run_cohort
+from .config import CohortSpec, ModelConfig, OutputSpec, SegmentConfig
+from .errors import UsageError
+from .export.dicom_seg import check_seg_sources
+from .labels import find_label_beside
+
+Say = Callable[[str], None]
+LIST_SUFFIXES = (".txt", ".csv", ".lst")
+
+
+def segment(options: dict[str, Any], settings: dict[str, Any], say: Say, out: Say,
+            verbose: bool = False) -> None:
+    """The ``segment`` command: its inputs in ``options``, its settings built and checked
+    (``model``, ``segment``, ``output``, ``cohort``)."""
+    model: ModelConfig = settings["model"]
+    cfg: SegmentConfig = settings["segment"]
+    spec: OutputSpec = settings["output"]
+    coh: CohortSpec = settings["cohort"]
+    supports = list(options.get("support") or [])
+    if not supports:
+        raise UsageError("--support: give the scan with the painted slice(s) (-s scan.nii.gz)")
+    if len(supports) > 1:
+        raise UsageError("--support: one support scan per run")
+    support = supports[0]
+    labels = list(options.get("support_label") or [])
+    label = labels[0] if labels else find_label(support, say)
+    specs = options.get("query") or [str(support)]
+    queries = expand_queries(specs)
+    seg = Segmenter(model, progress=not _quiet(say))
+    single = len(queries) == 1 and len(specs) == 1 and queries[0] == Path(specs[0])
+    if single and not (coh.resume or coh.ref or coh.workers > 1):
+        segment_one(seg, support, label, queries[0], cfg, spec, say, out)
+        return
+    lists = [q for q in specs if Path(q).is_file() and Path(q).suffix.lower() in LIST_SUFFIXES]
+    run_cohort(seg, Job(str(support), str(label), cfg, spec, coh), queries, say, verbose, lists)
+
+
+def _quiet(say: Say) -> bool:
+    return getattr(say, "quiet", False)
+
+
+def find_label(support: Path, say: Say) -> Path:
+    """The support's label found beside it, said; else a usage error listing what was tried."""
+    found, tried = find_label_beside(support)
+    if found is None:
+        names = ", ".join(p.name for p in tried[:8])
+        raise UsageError(f"no --support-label given and none found beside {support} (tried "
+                         f"{names}, ... {len(tried)} names); pass --support-label")
+    say(f"support label: {found} (found beside the support)")
+    return found
+
+
+def segment_one(seg: Segmenter, support: Path, label: Path, query: Path, cfg: SegmentConfig,
+                spec: OutputSpec, say: Say, out: Say) -> None:
+    """One query: every check that needs no model first, then the work, then the files."""
+    if "dicom-seg" in spec.formats:
+        check_seg_sources(query)
+    paths = export.output_paths(spec.folder, export.query_stem(str(query)), spec.formats,
+                                spec.report, spec.qc)
+    for folder in {spec.folder, *(p.parent for p in paths.values())}:
+        export.check_output_dir(folder)
+    export.check_outputs(list(paths.values()), overwrite=spec.overwrite,
+                         inputs=[support, label, query])
+    result = seg.segment(support, label, query, cfg)
+    paths = result.save(spec.folder, spec.formats, overwrite=spec.overwrite, report=spec.report,
+                        qc=spec.qc)
+    if result.report.random_weights:
+        say("WARNING: random-weight SAM2 checkpoint: the masks are meaningless (test model).")
+    eng = result.report.engine or {}
+    t = result.report.timings_s
+    say(f"segmented {len(result.query_frames)} frames on {eng.get('device', 'cpu, no model')} "
+        f"in {sum(v for k, v in t.items() if k != 'model_load'):.1f} s")
+    for kind, p in paths.items():
+        say(f"  {kind:9s} {p}")

@@ -1,0 +1,127 @@
+"""3D Slicer segmentations (``.seg.nrrd``) in every form Slicer writes: one shared labelmap
+layer or several (overlapping segments), full extent or cropped to the painted extent.
+Names, colours and terminology are kept; headers are read as UTF-8, as Slicer writes them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .._lazy import lazy_import
+from ..errors import InputError
+from ..io import Volume
+from .plan import SegmentInfo
+from .support import SupportLabel, _integer_array, on_image_grid
+
+nrrd = lazy_import("nrrd", install="pip install pynrrd")
+
+
+def is_slicer_seg(p: Path) -> bool:
+    try:
+        header = nrrd.read_header(str(p))
+    except Exception:
+        return False
+    return "Segment0_ID" in header or "Segmentation_MasterRepresentation" in header
+
+
+def read_slicer_seg(p: Path, image: Volume, resample: bool, name: str) -> SupportLabel:
+    """A ``.seg.nrrd`` in any form Slicer writes (3D shared layer or 4D layers, cropped)."""
+    try:
+        data, header = nrrd.read(str(p), index_order="C")
+    except Exception as exc:
+        raise InputError(f"{name} {p}: cannot read the Slicer segmentation ({exc})") from exc
+    header.update(utf8_custom_fields(p))  # pynrrd drops non-ASCII bytes of segment names
+    data = _layers_first(data, header, p)
+    geo = _nrrd_geometry(header, p)
+    segments, where = {}, {}
+    metas = _segment_headers(header)
+    collide = len({(m["layer"], m["value"]) for m in metas}) < len(metas) or \
+        len({m["value"] for m in metas}) < len(metas)
+    for i, m in enumerate(metas):
+        value = i + 1 if collide else m["value"]
+        segments[value] = SegmentInfo(value, m["name"], m["color"], m["terminology"], m["id"])
+        where[value] = (m["layer"], m["value"])
+    layers, notes = [], []
+    for layer in data:
+        vol, note = on_image_grid(Volume(np.ascontiguousarray(layer), **geo, path=str(p)), image,
+                                  resample, name)
+        layers.append(_integer_array(vol, name))
+        if note and note not in notes:
+            notes.append(note)
+    if collide:
+        notes.append("label values repeat across layers: segments numbered 1..N in file order")
+    empty = [v for v in segments if not (layers[where[v][0]] == where[v][1]).any()]
+    for v in empty:  # painted nothing (or nothing inside the image)
+        segments.pop(v)
+    if not segments:
+        raise InputError(f"{name} {p}: every segment is empty; paint the structure first")
+    return SupportLabel(layers, segments, where, str(p), "slicer", notes)
+
+
+def _layers_first(data: np.ndarray, header: dict, p: Path) -> np.ndarray:
+    """(layers, z, y, x): Slicer writes overlapping segments as a 4D file whose ``list``
+    axis (one per layer) is the NRRD's first, i.e. the last axis in C order."""
+    if data.ndim == 3:
+        return data[None]
+    kinds = [str(k).lower() for k in header.get("kinds", [])]
+    if data.ndim != 4 or kinds.count("list") != 1:
+        raise InputError(f"{p}: a 4D segmentation needs one 'list' axis (kinds: "
+                         f"{' '.join(kinds) or 'none'})")
+    return np.moveaxis(data, data.ndim - 1 - kinds.index("list"), 0)
+
+
+def utf8_custom_fields(p: Path) -> dict[str, str]:
+    """The ``key:=value`` fields of a NRRD header, decoded as UTF-8 (as Slicer writes them)."""
+    out = {}
+    with open(p, "rb") as fh:
+        for raw in fh:
+            line = raw.decode("utf-8", "replace").rstrip("\r\n")
+            if not line:
+                break
+            if ":=" in line and not line.startswith("#"):
+                k, v = line.split(":=", 1)
+                out[k.strip()] = v.strip()
+    return out
+
+
+def _nrrd_geometry(header: dict, p: Path) -> dict:
+    """Spacing/origin/direction (ITK, LPS) of a Slicer ``.seg.nrrd``'s three domain axes."""
+    rows = []
+    for r in header.get("space directions", []):  # a 4D file's list axis has "none"
+        if r is None or isinstance(r, str):
+            continue
+        a = np.asarray(r, dtype=float)
+        if not np.isnan(a).all():
+            rows.append(a)
+    if len(rows) != 3:
+        raise InputError(f"{p}: the segmentation has no 3D geometry (space directions)")
+    vecs = np.stack(rows)  # rows: world vector of index axes i, j, k
+    origin = np.asarray(header.get("space origin", [0, 0, 0]), float)
+    space = str(header.get("space", "left-posterior-superior")).lower()
+    if space in ("right-anterior-superior", "ras"):
+        flip = np.array([-1.0, -1.0, 1.0])
+        vecs, origin = vecs * flip, origin * flip
+    spacing = np.linalg.norm(vecs, axis=1)
+    return {"spacing": tuple(spacing), "origin": tuple(origin),
+            "direction": (vecs / spacing[:, None]).T}
+
+
+def _segment_headers(header: dict) -> list[dict]:
+    out, i = [], 0
+    while f"Segment{i}_ID" in header:
+        def g(key: str, default=None, i=i):
+            return header.get(f"Segment{i}_{key}", default)
+
+        color = g("Color")
+        tags = dict(t.split(":", 1) for t in str(g("Tags", "")).split("|") if ":" in t)
+        out.append({
+            "id": g("ID"), "name": g("Name") or g("ID"),
+            "value": int(g("LabelValue", i + 1)), "layer": int(g("Layer", 0)),
+            "color": tuple(int(round(float(c) * 255)) for c in str(color).split()[:3]) if color
+            else None,
+            "terminology": tags.get("TerminologyEntry"),
+        })
+        i += 1
+    return out

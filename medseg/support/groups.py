@@ -1,0 +1,182 @@
+"""Support groups: structures that share support slice(s), each slice placed on the query
+grid and expanded into a bank; the position prior that keeps a query frame to the members
+of the support slice nearest its anatomy."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from ..config import BankConfig, SupportConfig
+from ..errors import InputError
+from ..frames import FrameStack, label_to_frames, resample_frame
+from ..io import Volume
+from ..labels import LabelPlan, PlanEntry, SupportLabel
+from ..locate import Correspondence, expected_frames, placement_shift
+from .augment import Bank, build_bank, content_key
+from .cache import BankCache
+from .slices import choose_slices, effective_shots
+
+
+@dataclass
+class SupportGroup:
+    """Structures that share support slice(s), with their bank on the query grid.
+
+    Object ``k`` of the group is ``entries[k]``; bank masks are (M, K, H, W).
+    """
+
+    slices: list[int]  # support slice index along the axis, in the support's own voxel grid
+    frames: list[int]  # the same slices as indices into the support's frame stack
+    entries: list[PlanEntry]
+    bank: Bank
+    placement: list[dict] = field(default_factory=list)  # per slice: how it was placed
+    labelled: list[np.ndarray] = field(default_factory=list)  # per structure: support frames
+
+    @property
+    def outputs(self) -> list[int]:
+        return [e.output_value for e in self.entries]
+
+    @property
+    def member_frames(self) -> np.ndarray:
+        """Support frame index of every bank member."""
+        to_frame = dict(zip(self.slices, self.frames))
+        return np.array([to_frame[s] for s in self.bank.source_slices])
+
+
+def label_frames(label: SupportLabel, image: Volume, value: int, axis: str) -> np.ndarray:
+    """(n, rows, cols) bool frames of one structure, in the image's frame layout."""
+    return label_to_frames(image.with_array(label.mask(value)), axis).astype(bool)
+
+
+@dataclass
+class SupportScan:
+    """The support as the support stage sees it: its volume, frames and label."""
+
+    image: Volume
+    frames: FrameStack
+    label: SupportLabel
+
+
+@dataclass
+class _Placing:
+    """How the slices of one group are placed on the query grid."""
+
+    support: FrameStack
+    query: FrameStack
+    corr: Correspondence | None
+    placement: str
+    cache: BankCache | None
+    expected: np.ndarray | None = None
+
+
+def prepare_support(support: SupportScan, plan: LabelPlan, query: FrameStack,
+                    cfg: SupportConfig, corr: Correspondence | None = None,
+                    placement: str = "auto", cache: BankCache | None = None
+                    ) -> list[SupportGroup]:
+    """Support slice(s) per structure and one bank per distinct set of slices.
+
+    Args:
+        support: the support's volume, frames and label.
+        plan: the structures of the run.
+        query: the query's frames (the banks are built on its pixel grid).
+        cfg: which slices (``shots``, ``support_slice``) and the bank's settings.
+        corr: the slice correspondence (for placement and the expected extent).
+        placement: how the support slice is placed in-plane.
+        cache: banks reused by content (a cohort's queries on the same grid).
+
+    Returns:
+        The groups, in the order their structures first appear in the plan.
+    """
+    frames = support.frames
+    _, src_index = frames.source_index(support.image.shape)
+    masks = {e.support_value: label_frames(support.label, support.image, e.support_value,
+                                           frames.axis) for e in plan}
+    shots = effective_shots(cfg.shots, corr)
+    slices_of = {e.support_value: tuple(choose_slices(
+        masks[e.support_value].sum(axis=(1, 2)), shots, cfg.support_slice, src_index, e.name))
+        for e in plan}
+    groups: dict[tuple[int, ...], list[PlanEntry]] = {}
+    for e in plan:
+        groups.setdefault(slices_of[e.support_value], []).append(e)
+    out = []
+    for gi, (picked, entries) in enumerate(groups.items()):
+        bank = cfg.bank
+        per = bank.size if len(picked) == 1 else max(1, bank.size // len(picked))
+        bcfg = replace(bank, size=per, seed=bank.seed + 1000 * gi)
+        labelled = [np.nonzero(masks[e.support_value].any(axis=(1, 2)))[0] for e in entries]
+        exp = expected_frames(corr, np.concatenate(labelled)) if corr is not None else None
+        how = _Placing(frames, query, corr, placement, cache, exp)
+        placed = [_slice_bank(how, f, [masks[e.support_value][f] for e in entries], bcfg,
+                              int(src_index[f]), entries) for f in picked]
+        b = Bank.concat([p[0] for p in placed])
+        out.append(SupportGroup([int(src_index[f]) for f in picked], list(picked), entries, b,
+                                [p[1] for p in placed], labelled))
+    return out
+
+
+def _slice_bank(p: _Placing, f: int, masks: list[np.ndarray], cfg: BankConfig, source: int,
+                entries: list[PlanEntry]) -> tuple[Bank, dict]:
+    """Bank of one support slice, resampled to the query's pixel grid and placed, and how
+    it was placed. A placement that would push a structure out of the query frame falls
+    back to centring the slice (and says so)."""
+    placed = placement_shift(p.support, p.query, f, p.corr, p.placement, p.expected)
+    shift, how = placed.shift, dict(placed.how)
+    # the zoom as recorded (body placement rounds it to 3 decimals) is the one applied
+    bank = _build(p, f, masks, cfg, source, shift, how.get("zoom", 1.0))
+    lost = _lost(bank, entries)
+    if lost and shift != (0.0, 0.0):
+        how = {"method": "centre", "query_frame": how.get("query_frame"),
+               "note": f"placement by {how['method']} put {', '.join(lost)} outside the query "
+                       "frame; the support slice was centred instead"}
+        bank = _build(p, f, masks, cfg, source, (0.0, 0.0), 1.0)
+        lost = _lost(bank, entries)
+    if lost:
+        qpx = float(np.prod(p.query.spacing[1:]))
+        raise InputError(f"{', '.join(lost)}: covers less than one query pixel ({qpx:.2g} mm2) "
+                         f"on support slice {source} once resampled to the query grid; paint "
+                         "a larger slice or choose it with --support-slice")
+    return bank, how
+
+
+def _lost(bank: Bank, entries: list[PlanEntry]) -> list[str]:
+    """Structures that the placed (unaugmented) support slice no longer shows."""
+    return [f"{e.name} (label {e.support_value})" for k, e in enumerate(entries)
+            if not bank.masks[0, k].any()]
+
+
+def _build(p: _Placing, f: int, masks: list[np.ndarray], cfg: BankConfig, source: int,
+           shift: tuple[float, float], zoom: float) -> Bank:
+    """The placed slice's bank (from the cache when the same content lands the same way on
+    the same grid)."""
+    shape, qsp, ssp = p.query.frames.shape[1:], p.query.spacing[1:], p.support.spacing[1:]
+
+    def build() -> Bank:
+        img = resample_frame(p.support.frames[f], ssp, shape, qsp, order=1, shift=shift,
+                             zoom=zoom)
+        m = np.stack([resample_frame(x.astype(np.float32), ssp, shape, qsp, order=0,
+                                     shift=shift, zoom=zoom) > 0.5 for x in masks])
+        return build_bank(img, m, cfg, source_slice=source)
+
+    if p.cache is None:
+        return build()
+    key = content_key(p.support.frames[f], *masks) + repr(
+        (source, shape, tuple(np.round(qsp, 6)), tuple(np.round(ssp, 6)),
+         tuple(np.round(shift, 1)), round(zoom, 3), cfg))
+    return p.cache.get(key, build)
+
+
+def position_prior(group: SupportGroup, corr: Correspondence | None, n: int) -> np.ndarray | None:
+    """(n, M) added to the matching distances: members of other support slices than the
+    one nearest a frame's anatomical position are ruled out (None for one slice)."""
+    if len(group.frames) == 1:
+        return None
+    frames = np.asarray(group.frames, float)
+    if corr is not None and corr.usable and not np.isnan(corr.support_pos).all():
+        pos = np.where(np.isnan(corr.support_pos), np.nanmean(corr.support_pos),
+                       corr.support_pos)
+        nearest = np.argmin(np.abs(pos[:, None] - frames[None, :]), axis=1)
+    else:  # protocol: the query in equal chunks, one per support slice in order
+        nearest = np.minimum((np.arange(n) * len(frames)) // max(n, 1), len(frames) - 1)
+    member_slice = np.searchsorted(frames, group.member_frames)
+    return np.where(member_slice[None, :] == nearest[:, None], 0.0, 1e6).astype(np.float32)
