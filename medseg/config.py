@@ -185,6 +185,10 @@ class SupportConfig:
                            "support scan before using it: auto (when the label is not already "
                            "3D), on, off.")
     bank: BankConfig = group(BankConfig)
+    label_names: Path | None = option(None, "--label-names", check=_path, metavar="FILE",
+                                      help="Names of a label map's values: a dataset.json "
+                                      "(nnU-Net/MSD), a Slicer .ctbl or an ITK-SNAP label "
+                                      "file (default: one found beside the label map).")
     resample_label: bool = option(False, "--resample-label", check=_bool("resample_label"),
                                   help="Resample a support label on another grid onto the "
                                   "support image (nearest neighbour).")

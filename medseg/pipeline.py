@@ -63,7 +63,8 @@ class Caches:
         if not all(isinstance(x, (str, os.PathLike)) for x in (support, label)):
             return load_support(support, label, cfg)  # volumes (or mistakes) are not cached
         key = (_file_key(support), _file_key(label), cfg.support.support_series,
-               cfg.support.resample_label)
+               cfg.support.resample_label, cfg.support.label_names and
+               _file_key(cfg.support.label_names))
         if key not in self.supports:
             self.supports.clear()  # one support at a time
             self.supports[key] = load_support(support, label, cfg)
@@ -96,7 +97,8 @@ def load_support(support: ImageInput, support_label: ImageInput, cfg: SegmentCon
     """Read and check the support image and its label (paths or :class:`Volume`)."""
     s = check_finite(check_not_label(_volume(support, "support", cfg.support.support_series),
                                      "support"), "support")
-    return s, read_support_label(support_label, s, resample=cfg.support.resample_label)
+    return s, read_support_label(support_label, s, resample=cfg.support.resample_label,
+                                 names=cfg.support.label_names)
 
 
 def load_query(query: ImageInput, cfg: SegmentConfig) -> Volume:

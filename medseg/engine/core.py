@@ -372,3 +372,60 @@ class Sam2Engine:
         t["encode"] += store.encode_seconds - e0
         t["track"] -= store.encode_seconds - e0
         return col.output(np.full(n, -1), None, t)
+
+    # -- scan mode ---------------------------------------------------------------------------
+    def run_scan(self, frames: np.ndarray, prompts: dict[int, dict[int, np.ndarray]],
+                 objects: int, *, store: FeatureStore | None = None,
+                 offload_state: bool = False, progress: Progress | None = None,
+                 keep_logits: bool = False, keep_masks: bool = False) -> EngineOutput:
+        """Mode ``scan``: the painted scan itself, every painted frame a mask prompt.
+
+        ``prompts[frame][k]`` is object ``k``'s (H, W) bool mask on that frame (an empty mask:
+        absent there). Objects whose first prompt is on the same frame are tracked together
+        in one SAM2 state, propagated forward from that frame and backward from it, as
+        ``propagate_in_video`` does by default; objects that start elsewhere get a state of
+        their own (SAM2 tracks objects independently, and its memory attention cannot start
+        an object from a prompt that lies only ahead). Object ``k`` gets label ``k + 1``
+        (``keep_masks``: each object's own mask too, overlaps included).
+        """
+        n, h, w = frames.shape
+        col, t = _Collector(n, objects, h, w, keep_logits, keep_masks), Timer()
+        budget = self.config.feature_cache_mb if len(_starts(prompts)) > 1 else 0.0
+        store = store or self.store(frames, budget)
+        e0 = store.encode_seconds
+        done: set[int] = set()
+        for start, objs in _starts(prompts).items():
+            sub = {f: {objs.index(k): m for k, m in per.items() if k in objs}
+                   for f, per in prompts.items()}
+            sub = {f: per for f, per in sub.items() if per}
+
+            def source(f: int, start=start) -> dict:
+                return store.get(f, range(f, n) if f >= start else range(f, -1, -1))
+
+            state = self.predictor.new_state(n, h, w, source, offload_state=offload_state)
+            with t("track"), self.context():
+                self.predictor.prompt_frames(state, {
+                    f: {k: torch.from_numpy(np.ascontiguousarray(m)) for k, m in per.items()}
+                    for f, per in sub.items()})
+                for reverse in (False, True):
+                    for f, logits, scores in self.predictor.track(state, start, reverse,
+                                                                  self.prune):
+                        col.add(f, objs, logits, scores)
+                        if progress and f not in done:
+                            progress(1)
+                        done.add(f)
+        t["encode"] = store.encode_seconds - e0
+        t["track"] -= t["encode"]
+        return col.output(np.full(n, -1), None, t)
+
+
+def _starts(prompts: dict[int, dict[int, np.ndarray]]) -> dict[int, list[int]]:
+    """First prompted frame -> the objects that start there (in object order)."""
+    first: dict[int, int] = {}
+    for f in sorted(prompts):
+        for k in prompts[f]:
+            first.setdefault(k, f)
+    out: dict[int, list[int]] = {}
+    for k in sorted(first):
+        out.setdefault(first[k], []).append(k)
+    return dict(sorted(out.items()))

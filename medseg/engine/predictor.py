@@ -136,6 +136,19 @@ class MedsegVideoPredictor(SAM2VideoPredictor):
             self.add_new_mask(state, frame_idx, obj, m)
         self.propagate_in_video_preflight(state)
 
+    def prompt_frames(self, state: dict, prompts: dict[int, dict[int, torch.Tensor]]) -> int:
+        """Mask prompts on several frames (``prompts[frame][object]``), SAM2's own
+        interactive mode: ``add_new_mask`` object by object (object ``k`` is id ``k``), each
+        on its prompted frames in order, then encoded. Returns the first prompted frame,
+        where propagation starts (as ``propagate_in_video``'s default)."""
+        objects = sorted({o for per in prompts.values() for o in per})
+        for obj in objects:
+            for f in sorted(prompts):
+                if obj in prompts[f]:
+                    self.add_new_mask(state, f, obj, prompts[f][obj])
+        self.propagate_in_video_preflight(state)
+        return min(prompts)
+
     @torch.inference_mode()
     def track(self, state: dict, start: int, reverse: bool = False, prune: bool = True
               ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:

@@ -59,6 +59,45 @@ def stock_run(predictor, frames_u8: np.ndarray, prompt_frame: int, masks: np.nda
     return logits[keep], scores[keep]
 
 
+def stock_run_prompts(predictor, frames_u8: np.ndarray, prompts: dict[int, dict[int, np.ndarray]],
+                      objects: int, autocast: Callable) -> tuple[np.ndarray, np.ndarray]:
+    """Logits (n, K, H, W) and object scores (n, K) of every frame, with mask prompts on
+    several frames (``prompts[frame][object]``), through stock sam2's public API: objects
+    that start on the same frame in one ``init_state``, ``add_new_mask`` object by object on
+    its frames in order, ``propagate_in_video`` forward and backward from its default
+    start. Prompted frames hold their prompt's output."""
+    n, h, w = frames_u8.shape
+    logits = np.full((n, objects, h, w), np.nan, np.float32)
+    scores = np.full((n, objects), np.nan, np.float32)
+    first: dict[int, int] = {}
+    for f in sorted(prompts):
+        for o in prompts[f]:
+            first.setdefault(o, f)
+    groups: dict[int, list[int]] = {}
+    for o in sorted(first):
+        groups.setdefault(first[o], []).append(o)
+    with tempfile.TemporaryDirectory() as d:
+        for i, f in enumerate(frames_u8):
+            pil_image.fromarray(f).convert("RGB").save(Path(d) / f"{i:05d}.jpg", format="PNG")
+        for objs in groups.values():
+            with torch.inference_mode(), autocast():
+                state = predictor.init_state(d)
+                for local, o in enumerate(objs):
+                    for f in sorted(prompts):
+                        if o in prompts[f]:
+                            predictor.add_new_mask(state, f, local,
+                                                   torch.from_numpy(prompts[f][o]))
+                for reverse in (False, True):
+                    for f, _, lg in predictor.propagate_in_video(state, reverse=reverse):
+                        logits[f, objs] = lg[:, 0].float().cpu().numpy()
+                for local, o in enumerate(objs):
+                    per = state["output_dict_per_obj"][local]
+                    for f, out in {**per["cond_frame_outputs"],
+                                   **per["non_cond_frame_outputs"]}.items():
+                        scores[f, o] = float(out["object_score_logits"].float().reshape(-1)[0])
+    return logits, scores
+
+
 def stock_pairs(predictor, support_u8: np.ndarray, queries_u8: np.ndarray, masks: np.ndarray,
                 autocast: Callable) -> tuple[np.ndarray, np.ndarray]:
     """One stock 2-frame video [support, query] per query frame; results of frame 1."""

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 
 from ..errors import InputError, UsageError
 from ..options import check_name
+from .record import SliceRecord
 
 # Colours of common structures (Slicer's General Anatomy palette), else a fixed cycle.
 NAMED_COLORS: dict[str, tuple[int, int, int]] = {
@@ -40,6 +41,7 @@ class SegmentInfo:
     color: tuple[int, int, int] | None = None  # 0-255
     terminology: str | None = None  # Slicer terminology entry (DICOM codes)
     segment_id: str | None = None
+    record: SliceRecord | None = None  # a medseg result's slice record (drawn / estimated)
 
 
 @dataclass(frozen=True)
@@ -96,6 +98,15 @@ class LabelPlan:
     def from_entries(cls, rows: Sequence[Mapping]) -> LabelPlan:
         """Rebuild from :meth:`as_list` output (e.g. a saved report)."""
         return cls(tuple(PlanEntry(**{**r, "color": tuple(r["color"])}) for r in rows))
+
+
+def label_name(text: object, source: str) -> str:
+    """A structure name read from a file, checked as ``--names`` are (no control
+    characters); ``source`` names the file and field in the one-line error."""
+    try:
+        return check_name(str(text), source=source)
+    except UsageError as exc:
+        raise InputError(str(exc)) from None
 
 
 def _resolve(token: int | str, present: Mapping[int, SegmentInfo], source: str) -> int:

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
+from dataclasses import replace
 from pathlib import Path
 
 from ..errors import InputError
 from ..io import Volume, read_image
 from ..io.dicom import dicom_kind
 from . import dicom, slicer
+from .names import names_beside, read_label_names
+from .plan import SegmentInfo
 from .support import SupportLabel, from_labelmap
 
 
@@ -58,7 +61,8 @@ class DicomLabelIO(LabelIO):
 
 
 class LabelmapIO(LabelIO):
-    """An integer label map in any image format :func:`~medseg.io.read_image` reads."""
+    """An integer label map in any image format :func:`~medseg.io.read_image` reads; its
+    names come from a description beside it (:mod:`~medseg.labels.names`)."""
 
     name = "labelmap"
 
@@ -66,14 +70,28 @@ class LabelmapIO(LabelIO):
         return True
 
     def read(self, path, image, resample, name):
-        return from_labelmap(read_image(path, name=name), image, resample, name)
+        label = from_labelmap(read_image(path, name=name), image, resample, name)
+        described, source = names_beside(path)
+        if source is not None:
+            _describe(label, described, source)
+        return label
+
+
+def _describe(label: SupportLabel, described: dict[int, SegmentInfo], source: Path) -> None:
+    """Names (colours, records) of a label's values from a description file."""
+    hits = [v for v in label.segments if v in described]
+    for v in hits:
+        label.segments[v] = replace(described[v], value=v)
+    if hits:
+        label.notes.append(f"names from {source}")
 
 
 LABEL_IO: list[LabelIO] = [SlicerSegIO(), DicomLabelIO(), LabelmapIO()]  # first claim wins
 
 
 def read_support_label(path: str | os.PathLike | Volume, image: Volume, *,
-                       resample: bool = False, name: str = "support label") -> SupportLabel:
+                       resample: bool = False, name: str = "support label",
+                       names: str | os.PathLike | None = None) -> SupportLabel:
     """Read any supported label form and put it on ``image``'s grid.
 
     Args:
@@ -81,6 +99,8 @@ def read_support_label(path: str | os.PathLike | Volume, image: Volume, *,
         image: the support image the label belongs to.
         resample: resample a label on another grid (nearest neighbour) instead of refusing.
         name: what the file is to the user, for messages.
+        names: a label description (``dataset.json``, ``.ctbl``, ITK-SNAP) naming a label
+            map's values; by default one found beside the label map is used.
 
     Returns:
         The structures on the image grid, with what the file says about each.
@@ -89,9 +109,15 @@ def read_support_label(path: str | os.PathLike | Volume, image: Volume, *,
         InputError: missing, unreadable, empty or mismatched labels.
     """
     if isinstance(path, Volume):
-        return from_labelmap(path, image, resample, name)
+        label = from_labelmap(path, image, resample, name)
+        if names is not None:
+            _describe(label, read_label_names(Path(names)), Path(names))
+        return label
     p = Path(path)
     if not p.exists():
         raise InputError(f"{name} {p}: no such file or folder")
     io = next(io for io in LABEL_IO if io.claims(p))
-    return io.read(p, image, resample, name)
+    label = io.read(p, image, resample, name)
+    if names is not None:
+        _describe(label, read_label_names(Path(names)), Path(names))
+    return label

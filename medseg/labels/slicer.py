@@ -12,7 +12,8 @@ import numpy as np
 from .._lazy import lazy_import
 from ..errors import InputError
 from ..io import Volume
-from .plan import SegmentInfo
+from .plan import SegmentInfo, label_name
+from .record import TAG, SliceRecord
 from .support import SupportLabel, _integer_array, on_image_grid
 
 nrrd = lazy_import("nrrd", install="pip install pynrrd")
@@ -36,12 +37,13 @@ def read_slicer_seg(p: Path, image: Volume, resample: bool, name: str) -> Suppor
     data = _layers_first(data, header, p)
     geo = _nrrd_geometry(header, p)
     segments, where = {}, {}
-    metas = _segment_headers(header)
+    metas = _segment_headers(header, p, len(data))
     collide = len({(m["layer"], m["value"]) for m in metas}) < len(metas) or \
         len({m["value"] for m in metas}) < len(metas)
     for i, m in enumerate(metas):
         value = i + 1 if collide else m["value"]
-        segments[value] = SegmentInfo(value, m["name"], m["color"], m["terminology"], m["id"])
+        segments[value] = SegmentInfo(value, m["name"], m["color"], m["terminology"], m["id"],
+                                      m["record"])
         where[value] = (m["layer"], m["value"])
     layers, notes = [], []
     for layer in data:
@@ -108,20 +110,59 @@ def _nrrd_geometry(header: dict, p: Path) -> dict:
             "direction": (vecs / spacing[:, None]).T}
 
 
-def _segment_headers(header: dict) -> list[dict]:
+def _segment_headers(header: dict, p: Path, layers: int) -> list[dict]:
+    """Every segment's fields, checked like options: a malformed or impossible field is a
+    one-line :class:`InputError` naming the file and the field."""
     out, i = [], 0
     while f"Segment{i}_ID" in header:
-        def g(key: str, default=None, i=i):
-            return header.get(f"Segment{i}_{key}", default)
-
-        color = g("Color")
-        tags = dict(t.split(":", 1) for t in str(g("Tags", "")).split("|") if ":" in t)
-        out.append({
-            "id": g("ID"), "name": g("Name") or g("ID"),
-            "value": int(g("LabelValue", i + 1)), "layer": int(g("Layer", 0)),
-            "color": tuple(int(round(float(c) * 255)) for c in str(color).split()[:3]) if color
-            else None,
-            "terminology": tags.get("TerminologyEntry"),
-        })
+        out.append(_segment_fields(header, i, p, layers))
         i += 1
+    extra = sorted({k.split("_")[0] for k in header if k.startswith("Segment") and "_" in k
+                    and k.split("_")[0][7:].isdigit() and int(k.split("_")[0][7:]) >= i})
+    if extra:
+        raise InputError(f"{p}: {extra[0]} follows a gap in the segment numbering (no "
+                         f"Segment{i}_ID); re-save the segmentation from 3D Slicer")
+    names = [m["name"].casefold() for m in out]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise InputError(f"{p}: two segments are named {dup[0]!r}; give them distinct names")
     return out
+
+
+def _segment_fields(header: dict, i: int, p: Path, layers: int) -> dict:
+    def g(key: str, default=None):
+        return header.get(f"Segment{i}_{key}", default)
+
+    def bad(key: str, why: str) -> InputError:
+        return InputError(f"{p}: Segment{i}_{key} {ascii(g(key))}: {why}")
+
+    tags = dict(t.split(":", 1) for t in str(g("Tags", "")).split("|") if ":" in t)
+    try:
+        value = int(str(g("LabelValue", i + 1)).strip())
+    except ValueError:
+        raise bad("LabelValue", "not an integer") from None
+    if value < 1:
+        raise bad("LabelValue", "must be 1 or more (0 is the background)")
+    try:
+        layer = int(str(g("Layer", 0)).strip())
+    except ValueError:
+        raise bad("Layer", "not an integer") from None
+    if not 0 <= layer < layers:
+        raise bad("Layer", f"outside the file's {layers} layer(s)")
+    name = label_name(g("Name") or g("ID"), f"{p}: Segment{i}_Name")
+    return {"id": g("ID"), "name": name, "value": value, "layer": layer,
+            "color": _colour(g("Color"), bad), "terminology": tags.get("TerminologyEntry"),
+            "record": SliceRecord.from_tags({k: v for k, v in tags.items()
+                                             if k.startswith(f"{TAG}.")})}
+
+
+def _colour(text, bad) -> tuple[int, int, int] | None:
+    if not text:
+        return None
+    try:
+        rgb = [float(c) for c in str(text).split()[:3]]
+    except ValueError:
+        raise bad("Color", "three numbers from 0 to 1 expected") from None
+    if len(rgb) != 3 or not all(0.0 <= c <= 1.0 for c in rgb):
+        raise bad("Color", "three numbers from 0 to 1 expected")
+    return tuple(int(round(c * 255)) for c in rgb)  # type: ignore[return-value]
