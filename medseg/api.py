@@ -61,15 +61,19 @@ class Segmenter:
                 self._engine = Sam2Engine(self.config, progress=self.progress)
         return self._engine
 
-    def segment(self, support: PathOrVolume, support_label: PathOrVolume, query: PathOrVolume,
-                config: SegmentConfig | None = None, **options: Any) -> Result:
+    def segment(self, support: PathOrVolume, support_label: PathOrVolume,
+                query: PathOrVolume | None = None, config: SegmentConfig | None = None,
+                **options: Any) -> Result:
         """Segment ``query`` from one labelled ``support`` scan.
 
         Args:
             support: the support scan (a file, a DICOM folder, or a :class:`Volume`).
             support_label: its label: a label map, a Slicer ``.seg.nrrd``, a DICOM-SEG or an
-                RTSTRUCT (one painted slice is enough), or a label :class:`Volume`.
-            query: the scan to segment.
+                RTSTRUCT (one painted slice is enough; a corrected result of medseg keeps
+                the slices the user changed and re-estimates the rest), or a label
+                :class:`Volume`.
+            query: the scan to segment; None (or the support scan itself): segment the
+                support scan from its painted slices.
             config: what to segment and how (:class:`~medseg.config.SegmentConfig`).
             options: its fields as flat keywords, e.g. ``labels=["liver"]``, ``shots=1``,
                 ``window="lung"``, ``bank_size=8``, ``seed=1``.
@@ -105,16 +109,16 @@ class Segmenter:
             yield self.segment(support, support_label, q, config, **dict(options))
 
 
-def segment(support: PathOrVolume, support_label: PathOrVolume, query: PathOrVolume, *,
-            model: ModelConfig | None = None, progress: bool = False, **options: Any
-            ) -> Result:
+def segment(support: PathOrVolume, support_label: PathOrVolume,
+            query: PathOrVolume | None = None, *, model: ModelConfig | None = None,
+            progress: bool = False, **options: Any) -> Result:
     """One-shot segmentation of ``query`` from a labelled ``support`` scan.
 
     Args:
         support: the support scan (a file, a DICOM folder, or a :class:`Volume`).
         support_label: its label (label map, ``.seg.nrrd``, DICOM-SEG, RTSTRUCT, or a
             label :class:`Volume`); one painted slice is enough.
-        query: the scan to segment.
+        query: the scan to segment; None: the support scan itself.
         model: the model settings (:class:`~medseg.config.ModelConfig`).
         progress: show progress bars on a terminal.
         options: :class:`~medseg.config.SegmentConfig` fields as flat keywords

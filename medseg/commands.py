@@ -35,7 +35,7 @@ def segment(options: dict[str, Any], settings: dict[str, Any], say: Say, out: Sa
     support = supports[0]
     labels = list(options.get("support_label") or [])
     label = labels[0] if labels else find_label(support, say)
-    specs = options.get("query") or [str(support)]
+    specs = options.get("query") or [str(support)]  # no query: the painted scan itself
     queries = expand_queries(specs)
     seg = Segmenter(model, progress=not _quiet(say))
     single = len(queries) == 1 and len(specs) == 1 and queries[0] == Path(specs[0])

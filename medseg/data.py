@@ -8,6 +8,7 @@ with label maps. They are downloaded once into ``$MEDSEG_HOME/data`` (default
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -52,13 +53,23 @@ ARCHIVES: dict[str, Archive] = {
          "totalsegmentator-2.18.0/tests/reference_files/example_ct_dicom/",
          "totalsegmentator-2.18.0/tests/reference_files/example_seg_dicom.nii.gz",
          "totalsegmentator-2.18.0/tests/reference_files/example_mr_sm.nii.gz",
-         "totalsegmentator-2.18.0/tests/reference_files/example_seg_mr.nii.gz"),
+         "totalsegmentator-2.18.0/tests/reference_files/example_seg_mr.nii.gz",
+         "totalsegmentator-2.18.0/tests/reference_files/aorta_report/example_ct.nii.gz",
+         "totalsegmentator-2.18.0/tests/reference_files/aorta_report/test_result/models/aorta.nii.gz",
+         "totalsegmentator-2.18.0/tests/reference_files/aorta_report/test_result/models/"
+         "vertebrae_T12.nii.gz",
+         "totalsegmentator-2.18.0/tests/reference_files/pulmonary_report/models/heart.nii.gz",
+         "totalsegmentator-2.18.0/tests/reference_files/pulmonary_report/models/ct_cropped.nii.gz",
+         "totalsegmentator-2.18.0/tests/reference_files/pulmonary_report/models/"
+         "pulmonary_artery.nii.gz"),
     ),
     "pyradiomics": Archive(
         "pyradiomics-bhklab", "pyradiomics_bhklab-3.1.4.tar.gz",
         "a44a087efc4ede91b5dfa5cf0de58ea3596bfaec1ef2484f278504b0a8fd5ffb", 34463939,
-        tuple(f"pyradiomics_bhklab-3.1.4/data/{c}{i}_{k}.nrrd"
-              for c in ("brain", "lung") for i in (1, 2) for k in ("image", "label")),
+        (*(f"pyradiomics_bhklab-3.1.4/data/{c}{i}_{k}.nrrd"
+           for c in ("brain", "lung") for i in (1, 2) for k in ("image", "label")),
+         "pyradiomics_bhklab-3.1.4/data/breast1_image.nrrd",
+         "pyradiomics_bhklab-3.1.4/data/breast1_label.nrrd"),
     ),
     "slicerio": Archive(
         "slicerio", "slicerio-1.4.0.tar.gz",
@@ -86,6 +97,7 @@ class Case:
     ref_labels: tuple[int, ...]  # the same structures' values in the query reference
     reference: str  # provenance of the references
     window: str | None = None
+    held_out: bool = False  # added after medseg's thresholds were set; none was set on it
 
 
 SILVER = "silver: TotalSegmentator model output shipped with its tests (not expert-drawn)"
@@ -120,6 +132,56 @@ CASES: dict[str, Case] = {
     )
 }
 DEFAULT_CASE = "ct-liver-spleen"
+
+AORTA = f"{TS}/aorta_report"
+PULM = f"{TS}/pulmonary_report/models"
+HELD_OUT_NOTE = ("held out: added after every threshold of medseg was set (none was set on "
+                 "them); silver references from TotalSegmentator's tests (Apache-2.0) or "
+                 "pyradiomics' test data (BSD-3-Clause)")
+HELD_OUT: dict[str, Case] = {
+    c.name: c
+    for c in (
+        Case("ct-aorta", f"{TS}/example_ct.nii.gz", f"{TS}/example_seg_fast_force_split.nii.gz",
+             (52,), ("aorta",), f"{AORTA}/example_ct.nii.gz",
+             f"{AORTA}/test_result/models/aorta.nii.gz", (1,), SILVER, held_out=True),
+        Case("ct-vertebra-t12", f"{TS}/example_ct.nii.gz",
+             f"{TS}/example_seg_fast_force_split.nii.gz", (32,), ("vertebra T12",),
+             f"{AORTA}/example_ct.nii.gz", f"{AORTA}/test_result/models/vertebrae_T12.nii.gz",
+             (1,), SILVER, window="bone", held_out=True),
+    )
+}
+
+
+@dataclass(frozen=True)
+class ScanCase:
+    """A structure segmented within one scan from one painted slice of its reference."""
+
+    name: str
+    image: str
+    label: str
+    value: int
+    structure: str
+    reference: str
+    window: str | None = None
+    held_out: bool = False
+
+
+SCAN_CASES: dict[str, ScanCase] = {
+    c.name: c
+    for c in (
+        ScanCase("scan-ct-heart", f"{AORTA}/example_ct.nii.gz", f"{PULM}/heart.nii.gz", 1, "heart",
+                 SILVER, held_out=True),
+        ScanCase("scan-ct-pulmonary-artery", f"{PULM}/ct_cropped.nii.gz",
+                 f"{PULM}/pulmonary_artery.nii.gz", 1, "pulmonary artery", SILVER, held_out=True),
+        ScanCase("scan-mr-breast-tumour", f"{PR}/breast1_image.nrrd", f"{PR}/breast1_label.nrrd",
+                 1, "tumour", PYRAD, held_out=True),
+    )
+}
+
+
+def sha256_text(text: str) -> str:
+    """sha256 of a text (which members an extraction holds)."""
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def data_dir() -> Path:
@@ -174,7 +236,8 @@ def fetch(names: tuple[str, ...] | None = None, *, progress: bool = True, timeou
     for key in names or tuple(ARCHIVES):
         a = ARCHIVES[key]
         done = root / key / ".complete"
-        if done.is_file() and done.read_text().strip() == a.sha256:
+        marker = f"{a.sha256} {sha256_text(' '.join(a.members))}"
+        if done.is_file() and done.read_text().strip() == marker:
             continue
         archive = root / "archives" / a.filename
         archive.parent.mkdir(parents=True, exist_ok=True)
@@ -192,7 +255,7 @@ def fetch(names: tuple[str, ...] | None = None, *, progress: bool = True, timeou
                 tar.extractall(staging, members=members)
         shutil.rmtree(root / key, ignore_errors=True)
         os.replace(staging, root / key)
-        (root / key / ".complete").write_text(a.sha256)
+        (root / key / ".complete").write_text(marker)
     _derive(root)
     return root
 
@@ -263,6 +326,6 @@ def derived_head(path: Path):
 
 def case_paths(case: str | Case, root: Path | None = None) -> dict[str, str]:
     """Absolute paths of a case's files (fetch first)."""
-    c = CASES[case] if isinstance(case, str) else case
+    c = {**CASES, **HELD_OUT}[case] if isinstance(case, str) else case
     root = root or data_dir()
     return {k: str(root / getattr(c, k)) for k in ("support", "support_label", "query", "query_ref")}

@@ -25,7 +25,7 @@ from ._lazy import lazy_import
 from .config import SegmentConfig, to_dict
 from .errors import InputError, UsageError
 from .frames import FrameStack, parse_window, volume_to_frames
-from .io import Volume, check_finite, check_not_label, read_image
+from .io import Volume, check_finite, check_not_label, read_image, same_geometry
 from .labels import LabelPlan, SupportLabel, make_plan, read_support_label
 from .locate import Correspondence, correspond, counterpart, expected_frames
 from .match import Matcher, make_matcher
@@ -34,6 +34,7 @@ from .propagate import Matching, Propagation, Propagator, Sam2Pairs, Sam2Volume,
 from .report import FrameRecord, GroupRecord, Report
 from .result import Result
 from .support import BankCache, SupportGroup, SupportScan, position_prior, prepare_support
+from .support.complete import CompletedSupport, complete_support
 from .timing import Timer
 
 if TYPE_CHECKING:
@@ -123,11 +124,13 @@ class Frames:
     support: FrameStack
 
 
-def cut_frames(inputs: Inputs, cfg: SegmentConfig) -> Frames:
-    """Both scans as normalised frames along ``cfg.axis``."""
+def cut_frames(inputs: Inputs, cfg: SegmentConfig, same: bool = False) -> Frames:
+    """Both scans as normalised frames along ``cfg.axis`` (once when they are one scan)."""
     window = parse_window(cfg.window)
-    return Frames(volume_to_frames(inputs.query, cfg.axis, cfg.modality, window),
-                  volume_to_frames(inputs.support, cfg.axis, cfg.modality, window))
+    support = volume_to_frames(inputs.support, cfg.axis, cfg.modality, window)
+    if same:
+        return Frames(support, support)
+    return Frames(volume_to_frames(inputs.query, cfg.axis, cfg.modality, window), support)
 
 
 def locate(inputs: Inputs, frames: Frames, cfg: SegmentConfig) -> Correspondence:
@@ -213,6 +216,7 @@ class Located:
 
     corr: Correspondence
     expected: list[np.ndarray]  # per group: (n, K) bool, frames where each structure may be
+    drawn: np.ndarray | None = None  # (N, n) bool: frames holding the user's own mask
 
 
 def presence_prior(group: SupportGroup, corr: Correspondence, n: int, presence: str) -> np.ndarray:
@@ -256,13 +260,15 @@ class RunContext:
     caches: Caches = field(default_factory=Caches)
 
 
-def run(support: ImageInput, support_label: ImageInput, query: ImageInput, cfg: SegmentConfig,
-        ctx: RunContext | None = None) -> Result:
-    """Segment ``query`` from a labelled support.
+def run(support: ImageInput, support_label: ImageInput, query: ImageInput | None,
+        cfg: SegmentConfig, ctx: RunContext | None = None) -> Result:
+    """Segment ``query`` from a labelled support (or, with ``query`` None or the support
+    scan itself, segment the support scan from its painted slices).
 
     Args:
-        support, support_label: the support scan and its label (paths or volumes).
-        query: the scan to segment (a path or a volume).
+        support, support_label: the support scan and its label (paths or volumes); the label
+            may hold one painted slice per structure, a few, or a corrected result.
+        query: the scan to segment (a path or a volume), or None for the support scan.
         cfg: what to segment and how.
         ctx: the engine factory, progress, caches shared across queries.
 
@@ -274,22 +280,85 @@ def run(support: ImageInput, support_label: ImageInput, query: ImageInput, cfg: 
     t = Timer()
     with t("load"):
         s, label = ctx.caches.support(support, support_label, cfg)
-        inputs = Inputs(s, label, load_query(query, cfg))
+        q = s if query is None else load_query(query, cfg)
+        same = same_scan(support, s, query, q)
+        inputs = Inputs(s, label, s if same else q)
     with t("frames"):
-        frames = cut_frames(inputs, cfg)
+        frames = cut_frames(inputs, cfg, same)
+    plan = make_plan(label.segments, cfg.labels, cfg.names,
+                     f"support label {label.path or ''}".strip())
+    eng = _engine(cfg, ctx)
+    with t("complete"):
+        done = complete_support(s, frames.support, label, plan.support_values, cfg.method,
+                                cfg.support.complete, eng)
+    if same:
+        return _same_scan(inputs, frames, plan, done, cfg, eng, t)
+    inputs = Inputs(s, done.label, q)
     with t("locate"):
         corr = locate(inputs, frames, cfg)
     with t("support"):
-        plan, groups = plan_support(inputs, frames, cfg, corr, ctx.caches.banks)
-    eng = _engine(cfg, ctx)
+        groups = prepare_support(SupportScan(s, frames.support, done.label), plan, frames.query,
+                                 cfg.support, corr, cfg.locate.placement, ctx.caches.banks,
+                                 {v: done.painted(v) for v in plan.support_values})
     methods = Methods.build(cfg, frames, eng,
                             ctx.feature_cache_mb if cfg.mode == "volume" else 0.0)
     props, expected = _propagate(frames.query.frames, groups, corr, cfg, methods, t, ctx)
     combined = combine(props, groups, len(plan), frames.query.frames.shape)
     with t("postprocess"):
         lab = clean_up(combined, plan, cfg, len(frames.query))
-    return assemble(inputs, frames, plan, groups, combined, lab, cfg, eng, t,
-                    Located(corr, expected))
+    result = assemble(inputs, frames, plan, groups, combined, lab, cfg, eng, t,
+                      Located(corr, expected))
+    result.report.support_completion = done.describe(frames.support, s)
+    return result
+
+
+def same_scan(support_spec: ImageInput, support: Volume, query_spec: ImageInput | None,
+              query: Volume) -> bool:
+    """Is the query the support scan itself: no query given, the same file or DICOM
+    series, or the same grid holding the same voxels?"""
+    if query_spec is None or query is support:
+        return True
+    if isinstance(support_spec, (str, os.PathLike)) and isinstance(query_spec, (str, os.PathLike)):
+        a, b = Path(support_spec), Path(query_spec)
+        if a.exists() and b.exists() and a.resolve() == b.resolve():
+            return True
+    sa, qa = support.meta.get("dicom_series"), query.meta.get("dicom_series")
+    if sa and sa == qa and support.meta.get("dicom_file_list") == query.meta.get(
+            "dicom_file_list"):
+        return True
+    return not same_geometry(support, query) and np.array_equal(support.array, query.array)
+
+
+def _same_scan(inputs: Inputs, frames: Frames, plan: LabelPlan, done: CompletedSupport,
+               cfg: SegmentConfig, eng, t: Timer) -> Result:
+    """The support scan segmented from its own drawn slices: the completion is the answer
+    (drawn slices exactly as drawn); no correspondence, placement or bank is needed."""
+    n, shape = len(frames.query), frames.query.frames.shape[1:]
+    keep = cfg.post.overlap == "keep"
+    labels = np.zeros((n, *shape), np.uint8 if len(plan) <= 255 else np.uint16)
+    masks = np.zeros((len(plan), n, *shape), bool) if keep else None
+    for i, e in enumerate(plan):
+        m = done.structures[e.support_value].masks
+        labels[(labels == 0) & m] = e.output_value  # the structure listed first wins
+        if masks is not None:
+            masks[i] = m
+    combined = Combined(labels, np.full((n, len(plan)), np.nan, np.float32), [], masks)
+    with t("postprocess"):
+        lab = clean_up(combined, plan, cfg, n)
+    expected = np.stack([done.structures[e.support_value].masks.any(axis=(1, 2))
+                         for e in plan], axis=1)
+    drawn = np.stack([done.structures[e.support_value].drawn for e in plan])
+    for i, e in enumerate(plan):  # drawn frames are the user's, whatever the clean-up did
+        d = done.drawn[e.support_value]
+        for f, m in d.frames.items():
+            lab[f][lab[f] == e.output_value] = 0
+            lab[f][m & (lab[f] == 0)] = e.output_value
+            if combined.masks is not None:
+                combined.masks[i, f] = m
+    result = assemble(inputs, frames, plan, [], combined, lab, cfg, eng, t,
+                      Located(Correspondence.identity(n), [expected], drawn))
+    result.report.support_completion = done.describe(frames.support, inputs.support)
+    return result
 
 
 def _engine(cfg: SegmentConfig, ctx: RunContext):
@@ -343,8 +412,11 @@ def assemble(inputs: Inputs, frames: Frames, plan: LabelPlan, groups: list[Suppo
         per_frame=_frame_records(frames.query, q, labels, plan, combined, groups, located),
         timings_s=timings, engine=eng.describe(usage=True) if eng is not None else None,
         location=located.corr.describe())
-    return Result(vol, plan, report, frames.query, labels, groups, matches, combined.scores,
-                  dict(q.meta), combined.masks)
+    result = Result(vol, plan, report, frames.query, labels, groups, matches, combined.scores,
+                    dict(q.meta), combined.masks, located.drawn)
+    for seg, rec in zip(report.segments, result.records().values()):
+        seg["slice_record"] = rec.as_dict()
+    return result
 
 
 def config_record(cfg: SegmentConfig) -> dict:
@@ -383,7 +455,11 @@ def _frame_records(stack: FrameStack, q: Volume, labels: np.ndarray, plan: Label
     expected = np.zeros((len(stack), len(plan)), bool)
     for g, exp in zip(groups, located.expected):
         expected[:, [o - 1 for o in g.outputs]] = exp
+    if not groups and located.expected:  # the support scan itself: where it was completed
+        expected = located.expected[0]
     pos = located.corr.support_pos
+    drawn = located.drawn if located.drawn is not None else np.zeros((len(plan), len(stack)),
+                                                                     bool)
     rows = []
     for i in range(len(stack)):
         members = [int(p.members[i]) for p in c.props]
@@ -392,7 +468,8 @@ def _frame_records(stack: FrameStack, q: Volume, labels: np.ndarray, plan: Label
         score = [None if np.isnan(s) else round(float(s), 4) for s in c.scores[i]]
         rows.append(FrameRecord(i, int(q_index[i]), members, dist, score,
                                 [int(a) for a in areas[i]], [bool(x) for x in expected[i]],
-                                None if np.isnan(pos[i]) else round(float(pos[i]), 2)))
+                                None if np.isnan(pos[i]) else round(float(pos[i]), 2),
+                                [bool(x) for x in drawn[:, i]]))
     return rows
 
 

@@ -52,6 +52,7 @@ class FrameRecord:
     area_px: list[int]
     expected: list[bool]  # per output label: inside the structure's expected extent
     support_position: float | None  # corresponding support frame (slice correspondence)
+    drawn: list[bool] = field(default_factory=list)  # per output label: the user's own mask
 
 
 @dataclass
@@ -78,6 +79,7 @@ class Report:
     timings_s: dict[str, float]
     engine: dict | None = None
     location: dict = field(default_factory=dict)  # correspondence, shared frame, evidence
+    support_completion: list[dict] = field(default_factory=list)  # per structure (see support)
     medseg_version: str = __version__
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     versions: dict = field(default_factory=versions)

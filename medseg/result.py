@@ -14,6 +14,7 @@ from . import export
 from .frames import FrameStack
 from .io import Volume
 from .labels import LabelPlan
+from .labels.record import SliceRecord
 from .report import Report
 from .support import SupportGroup
 
@@ -34,6 +35,19 @@ class Result:
     object_scores: np.ndarray | None = None  # (n, N) SAM2 object-score logits
     query_source: dict = field(default_factory=dict)  # e.g. the DICOM files of the query
     structure_frames: np.ndarray | None = None  # (N, n, rows, cols) bool with overlap="keep"
+    drawn_frames: np.ndarray | None = None  # (N, n) bool: frames holding the user's own mask
+
+    def records(self) -> dict[int, SliceRecord]:
+        """Per output value, the slice record of this result: frames drawn by the user and a
+        fingerprint of every estimated one (so a corrected copy shows what changed)."""
+        n = len(self.query_frames)
+        out = {}
+        for i, e in enumerate(self.plan):
+            masks = self.structure_frames[i] if self.structure_frames is not None else \
+                self.label_frames == e.output_value
+            drawn = self.drawn_frames[i] if self.drawn_frames is not None else np.zeros(n, bool)
+            out[e.output_value] = SliceRecord.of(masks, drawn, self.query_frames.axis)
+        return out
 
     def structure_masks(self) -> np.ndarray | None:
         """(N, z, y, x) bool per structure on the query's grid, overlaps kept (only with
@@ -100,5 +114,5 @@ class Result:
 
     def segment_tags(self) -> dict[int, dict[str, str]]:
         """Extra Slicer segment tags per output value (what a ``.seg.nrrd`` carries beyond
-        names, colours and terminology)."""
-        return {}
+        names, colours and terminology): the slice record."""
+        return {v: r.tags() for v, r in self.records().items()}

@@ -1,28 +1,37 @@
-"""Quality benchmark on the public example cases: medseg against training-free baselines.
+"""Quality benchmark: what a user who paints one slice gets, measured on whole scans.
 
     python scripts/benchmark_quality.py [--checkpoint PATH | --random-weights]
-        [--cases ct-liver-spleen,...] [--bank-sizes 16] [--matchers ssim,sam2]
-        [--modes pair,volume] [--bspline] [--out benchmarks/quality]
+        [--cases ct-liver-spleen,...] [--held-out] [--corrections 0,1,2,4]
+        [--steps] [--no-baselines] [--out benchmarks/quality]
 
-Methods, side by side:
-  copy          the support label resampled onto the query grid in world coordinates
-  registration  SimpleITK affine (+ optional B-spline) registration of the support image to
-                the query (Mattes mutual information), label warped with nearest neighbour
-  transfer      for each query slice, the mask of its matched bank member (no SAM2), built
-                up one component at a time so each one's effect shows:
-                  transfer-centred  1-shot slice, centre on centre, a mask on every slice
-                  +placement        the slice placed by body box / content search / world
-                  +presence         no mask outside the structure's expected extent
-                  (= medseg transfer) the default: + the richest support the correspondence
-                                    can use (dense in a shared frame of reference)
-  medseg        SAM2 in each mode; with --random-weights the rows say "RANDOM WEIGHTS" and are
-                no measure of quality (they exercise the pipeline only)
+Every case runs three ways, rows in this order:
 
-Scores per case and label, whole query volume first: Dice, HD95 (mm), surface Dice at
-2 mm; then Dice on the slices that hold the structure in the reference (the few-shot
-papers' protocol) and the extent error (mm between the predicted and the reference first
-and last slice along the body axis; the predicted extent as a fraction of the reference's).
-Writes CSV and JSON (versions, machine, checkpoint hash) and prints a table.
+  one painted slice  the support label blanked to its largest slice per structure (what a
+                     user paints): medseg completes the structure through the support scan,
+                     then segments the query -- the headline rows
+  full label         the support label as shipped, which already covers the structure in 3D
+                     (TotalSegmentator output, Slicer's full segmentation): today's rows
+  in-scan            the scan segmented from one painted slice of its own reference (support =
+                     query): every query and support scan of the cases, and the scan-only cases
+
+Methods: ``transfer`` (weight-free: completion, then each query slice takes its matched
+support mask), SAM2 in ``pair``/``volume`` mode and its scan mode in-scan (with
+``--checkpoint``), and for the full label the baselines ``copy`` (the label resampled in
+world coordinates) and ``registration`` (SimpleITK affine, Mattes MI, single-threaded so a
+seed gives one answer).
+
+The corrections curve: whole-volume Dice after 0, 1, 2 and 4 simulated corrections. Each
+correction replaces, per structure, the query slice with the most wrongly labelled pixels
+among those with the lowest Dice by the reference's slice, in the result's own
+``.seg.nrrd`` (its slice record kept, as 3D Slicer keeps it), and reruns medseg on that
+scan with the corrected file as the label. Two starts: the in-scan result from one painted
+slice, and the one-painted-slice result on the query. The rows say whether every corrected
+slice came back bit-identical.
+
+Scores per case and structure: whole-volume Dice, HD95 (mm), surface Dice at 2 mm; Dice on
+the reference's slices only (the few-shot papers' protocol); the extent error (mm) and the
+predicted extent as a fraction of the reference's. CSV and JSON (versions, machine,
+checkpoint hash) are written and a table printed.
 """
 
 from __future__ import annotations
@@ -32,96 +41,162 @@ import csv
 import json
 import math
 import sys
+import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from medseg import data
-from medseg.api import SegmentConfig, Segmenter, machine, versions
-from medseg.frames import label_to_frames
-from medseg.io import Volume, read_image
+from medseg.api import Segmenter, machine, versions
+from medseg.config import SegmentConfig, with_options
+from medseg.export.seg_nrrd import seg_nrrd
+from medseg.frames import FrameStack, label_to_frames, volume_to_frames
+from medseg.io import Volume, canonical_orientation, canonical_spacing_zyx, read_image, write_image
+from medseg.labels import read_support_label
 from medseg.metrics import implementation, surface_metrics
 
-STEPS = [  # the weight-free path, one component at a time
+STEPS = [  # the weight-free path, one component at a time (--steps)
     ("transfer-centred", {"shots": 1, "placement": "centre", "presence": "off"}),
     ("+placement", {"shots": 1, "presence": "off"}),
     ("+presence", {"shots": 1}),
-    ("transfer", {}),
 ]
+COLS = ["setting", "case", "label", "method", "held_out", "note", "corrections", "dice",
+        "hd95_mm", "nsd2mm", "dice_slices", "extent_error_mm", "extent_ratio",
+        "slices_with_structure", "corrected_exact", "seconds"]
 
 
-def support_labelmap(path: str, image: Volume, values) -> Volume:
-    """Any support label form as one integer labelmap on the support image's grid."""
-    from medseg.labels import read_support_label
+@dataclass
+class Scan:
+    """A scan, a label on it and the structures (values, names) to score."""
 
-    lab = read_support_label(path, image)
-    arr = np.zeros(image.shape, np.int32)
-    for v in reversed(list(values)):
-        arr[lab.mask(v)] = v
-    return image.with_array(arr)
+    image: str
+    label: str
+    values: tuple[int, ...]
+    names: tuple[str, ...]
+    window: str | None
+    held_out: bool
+    name: str
 
 
-def copy_baseline(support_label: Volume, query: Volume) -> np.ndarray:
+# --- labels -----------------------------------------------------------------------------------
+
+
+def label_masks(path: str, image: Volume, values) -> dict[int, np.ndarray]:
+    """Each structure's mask on the image grid (any label form)."""
+    lab = read_support_label(path, image, resample=True)
+    return {v: lab.mask(v) for v in values}
+
+
+def painted_slice(masks: dict[int, np.ndarray], image: Volume, out: Path) -> Path:
+    """A label map holding, per structure, only its largest axial slice: what a user paints."""
+    stack = volume_to_frames(image)
+    arr = np.zeros(image.shape, np.uint16)
+    for v, m in masks.items():
+        f = stack.view_of(m)
+        k = int(np.argmax(f.sum(axis=(1, 2))))
+        one = np.zeros(f.shape, bool)
+        one[k] = f[k]
+        arr[stack.to_volume_array(one)] = v
+    write_image(image.with_array(arr), out)
+    return out
+
+
+# --- scores ----------------------------------------------------------------------------------
+
+
+def score(pred: np.ndarray, ref: np.ndarray, vol: Volume) -> dict:
+    """Whole-volume scores, structure-slices Dice and the extent error (axial frames)."""
+    out = {"dice": _dice(pred, ref)}
+    hd, _, nsd = surface_metrics(pred, ref, vol.spacing_zyx, 2.0)
+    out.update(hd95_mm=hd, nsd2mm=nsd)
+    pf = label_to_frames(vol.with_array(pred.astype(np.uint8))).astype(bool)
+    rf = label_to_frames(vol.with_array(ref.astype(np.uint8))).astype(bool)
+    keep = rf.reshape(rf.shape[0], -1).any(axis=1)
+    has = pf.reshape(pf.shape[0], -1).any(axis=1)
+    out["slices_with_structure"] = int(keep.sum())
+    out["dice_slices"] = _dice(pf[keep], rf[keep]) if keep.any() else math.nan
+    dz = float(canonical_spacing_zyx(vol, canonical_orientation(vol.direction))[0])
+    if keep.any() and has.any():
+        r, p = np.nonzero(keep)[0], np.nonzero(has)[0]
+        out["extent_error_mm"] = dz * max(abs(int(p[0]) - int(r[0])), abs(int(p[-1]) - int(r[-1])))
+        out["extent_ratio"] = (p[-1] - p[0] + 1) / (r[-1] - r[0] + 1)
+    else:
+        out["extent_error_mm"], out["extent_ratio"] = math.nan, math.nan
+    return out
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.astype(bool), b.astype(bool)
+    t = a.sum() + b.sum()
+    return math.nan if t == 0 else 2.0 * float((a & b).sum()) / float(t)
+
+
+def rows_of(res_masks: dict[str, np.ndarray], refs: dict[str, np.ndarray], vol: Volume,
+            base: dict) -> list[dict]:
+    return [{**base, "label": nm, **score(res_masks[nm], refs[nm], vol)} for nm in refs]
+
+
+# --- baselines ----------------------------------------------------------------------------------
+
+
+def copy_baseline(label: Volume, query: Volume) -> np.ndarray:
     import SimpleITK as sitk
 
-    res = sitk.Resample(support_label.to_sitk(), query.to_sitk(), sitk.Transform(),
-                        sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    res = sitk.Resample(label.to_sitk(), query.to_sitk(), sitk.Transform(),
+                        sitk.sitkNearestNeighbor, 0, sitk.sitkUInt16)
     return sitk.GetArrayFromImage(res)
 
 
-def registration_baseline(support: Volume, support_label: Volume, query: Volume,
-                          bspline: bool = False, seed: int = 0) -> np.ndarray:
-    """Affine (+ B-spline) registration, Mattes MI, multi-resolution; NN label warp."""
+def registration_baseline(support: Volume, label: Volume, query: Volume, seed: int = 0
+                          ) -> np.ndarray:
+    """Affine registration (Mattes MI, multi-start, multi-resolution) single-threaded, so
+    the same seed gives the same answer; the label warped with nearest neighbour."""
     import SimpleITK as sitk
 
-    fixed = sitk.Cast(query.to_sitk(), sitk.sitkFloat32)
-    moving = sitk.Cast(support.to_sitk(), sitk.sitkFloat32)
-    init = _best_start(fixed, moving, seed)
-
-    def method(transform, iters):
-        r = sitk.ImageRegistrationMethod()
-        r.SetMetricAsMattesMutualInformation(32)
-        r.SetMetricSamplingStrategy(r.RANDOM)
-        r.SetMetricSamplingPercentage(0.1, seed)
-        r.SetInterpolator(sitk.sitkLinear)
-        r.SetOptimizerAsRegularStepGradientDescent(1.0, 1e-4, iters, relaxationFactor=0.7)
-        r.SetOptimizerScalesFromPhysicalShift()
-        r.SetShrinkFactorsPerLevel([4, 2, 1])
-        r.SetSmoothingSigmasPerLevel([2, 1, 0])
-        r.SetInitialTransform(transform, inPlace=False)
-        return r
-
-    best_val, affine = np.inf, None
-    for start in init:  # the best few starts, each refined to a full affine
-        r = method(start, 200)
-        try:
-            out = r.Execute(fixed, moving)
-        except RuntimeError:  # the refinement left the overlap ("samples map outside")
-            continue
-        if r.GetMetricValue() < best_val:
-            best_val, affine = r.GetMetricValue(), out
-    if affine is None:  # no start could be refined: the registration found nothing
-        return np.zeros(query.shape, np.uint8)
-    transform = affine
-    if bspline:
-        mesh = [4] * 3
-        bs = sitk.BSplineTransformInitializer(fixed, mesh)
-        r = method(bs, 50)
-        r.SetOptimizerAsLBFGSB(1e-5, 50)
-        r.SetMovingInitialTransform(affine)
-        bs_out = r.Execute(fixed, moving)
-        transform = sitk.CompositeTransform([affine, bs_out])
-    res = sitk.Resample(support_label.to_sitk(), query.to_sitk(), transform,
-                        sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    threads = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
+    try:
+        fixed = sitk.Cast(query.to_sitk(), sitk.sitkFloat32)
+        moving = sitk.Cast(support.to_sitk(), sitk.sitkFloat32)
+        best_val, affine = np.inf, None
+        for start in _starts(fixed, moving, seed):
+            r = _method(start, seed)
+            try:
+                out = r.Execute(fixed, moving)
+            except RuntimeError:  # the refinement left the overlap
+                continue
+            if r.GetMetricValue() < best_val:
+                best_val, affine = r.GetMetricValue(), out
+    finally:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+    if affine is None:
+        return np.zeros(query.shape, np.uint16)
+    res = sitk.Resample(label.to_sitk(), query.to_sitk(), affine, sitk.sitkNearestNeighbor, 0,
+                        sitk.sitkUInt16)
     return sitk.GetArrayFromImage(res)
 
 
-def _best_start(fixed, moving, seed: int, starts: int = 17, keep: int = 3):
-    """Multi-start initialisation: the scans share no frame and the query may cover only a
-    slab of the support, so the fixed centre is tried against points spread along the
-    moving scan's longest axis (a short translation search each); the ``keep`` starts with
-    the best mutual information are returned."""
+def _method(transform, seed: int, iters: int = 200):
+    import SimpleITK as sitk
+
+    r = sitk.ImageRegistrationMethod()
+    r.SetMetricAsMattesMutualInformation(32)
+    r.SetMetricSamplingStrategy(r.RANDOM)
+    r.SetMetricSamplingPercentage(0.1, seed)
+    r.SetInterpolator(sitk.sitkLinear)
+    r.SetOptimizerAsRegularStepGradientDescent(1.0, 1e-4, iters, relaxationFactor=0.7)
+    r.SetOptimizerScalesFromPhysicalShift()
+    r.SetShrinkFactorsPerLevel([4, 2, 1])
+    r.SetSmoothingSigmasPerLevel([2, 1, 0])
+    r.SetInitialTransform(transform, inPlace=False)
+    return r
+
+
+def _starts(fixed, moving, seed: int, starts: int = 17, keep: int = 3):
+    """Multi-start: the fixed centre tried against points along the moving scan's longest
+    axis (a short translation search each); the ``keep`` best by mutual information."""
     import SimpleITK as sitk
 
     def centre(img):
@@ -130,7 +205,7 @@ def _best_start(fixed, moving, seed: int, starts: int = 17, keep: int = 3):
 
     size = np.asarray(moving.GetSize())
     ax = int(np.argmax(size * np.asarray(moving.GetSpacing())))
-    found: list[tuple[float, object]] = []
+    found = []
     r = sitk.ImageRegistrationMethod()
     r.SetMetricAsMattesMutualInformation(32)
     r.SetMetricSamplingStrategy(r.RANDOM)
@@ -147,167 +222,276 @@ def _best_start(fixed, moving, seed: int, starts: int = 17, keep: int = 3):
         tr = sitk.AffineTransform(3)
         tr.SetCenter(centre(fixed).tolist())
         tr.SetTranslation((target - centre(fixed)).tolist())
-        r.SetOptimizerWeights([0.0] * 9 + [1.0] * 3)  # translation only
+        r.SetOptimizerWeights([0.0] * 9 + [1.0] * 3)
         r.SetInitialTransform(tr, inPlace=True)
         try:
-            r.Execute(fixed, moving)  # a short translation-only search from this start
-            val = r.GetMetricValue()
-        except RuntimeError:  # too little overlap
+            r.Execute(fixed, moving)
+        except RuntimeError:
             continue
-        found.append((val, sitk.AffineTransform(tr)))
+        found.append((r.GetMetricValue(), sitk.AffineTransform(tr)))
     found.sort(key=lambda x: x[0])
     return [t for _, t in found[:keep]] or [sitk.CenteredTransformInitializer(
         fixed, moving, sitk.AffineTransform(3), sitk.CenteredTransformInitializerFilter.GEOMETRY)]
 
 
-def score(pred: np.ndarray, ref: np.ndarray, spacing_zyx, ref_vol: Volume) -> dict:
-    """Whole-volume scores, structure-slices Dice and the extent error (axial frames)."""
-    out = {}
-    d = _dice(pred, ref)
-    hd, _, nsd = surface_metrics(pred, ref, spacing_zyx, 2.0)
-    out.update(dice=d, hd95_mm=hd, nsd2mm=nsd)
-    pf = label_to_frames(ref_vol.with_array(pred.astype(np.uint8)))
-    rf = label_to_frames(ref_vol.with_array(ref.astype(np.uint8)))
-    keep = rf.reshape(rf.shape[0], -1).any(axis=1)
-    has = pf.reshape(pf.shape[0], -1).any(axis=1)
-    out["slices_with_structure"] = int(keep.sum())
-    out["dice_slices"] = _dice(pf[keep], rf[keep]) if keep.any() else math.nan
-    dz = float(volume_frames_spacing(ref_vol))
-    if keep.any() and has.any():
-        r, p = np.nonzero(keep)[0], np.nonzero(has)[0]
-        out["extent_error_mm"] = dz * max(abs(int(p[0]) - int(r[0])), abs(int(p[-1]) - int(r[-1])))
-        out["extent_ratio"] = (p[-1] - p[0] + 1) / (r[-1] - r[0] + 1)
-    else:
-        out["extent_error_mm"], out["extent_ratio"] = math.nan, math.nan
+# --- medseg runs ------------------------------------------------------------------------------
+
+
+def methods(args) -> list[tuple[str, dict]]:
+    """(row name, options) of the medseg methods to run across scans."""
+    out = [("transfer", {"method": "transfer"})]
+    if args.steps:
+        out = [(n, {"method": "transfer", **o}) for n, o in STEPS] + out
+    if args.checkpoint or args.random_weights:
+        out += [(f"sam2[{m}]", {"method": "sam2", "mode": m}) for m in args.modes.split(",")]
     return out
 
 
-def volume_frames_spacing(vol: Volume) -> float:
-    """Spacing between axial frames (the canonical S axis)."""
-    from medseg.io import canonical_orientation, canonical_spacing_zyx
+def cross_case(seg: Segmenter, case: data.Case, root: Path, tmp: Path, args) -> list[dict]:
+    """One case, one painted slice first, then the full label (with baselines)."""
+    p = data.case_paths(case, root)
+    s, q, qr = (read_image(p[k], name=k) for k in ("support", "query", "query_ref"))
+    sup = label_masks(p["support_label"], s, case.labels)
+    refs = {nm: qr.array == rv for nm, rv in zip(case.names, case.ref_labels)}
+    one = painted_slice(sup, s, tmp / f"{case.name}_one_slice.nii.gz")
+    rows = []
+    for setting, label in (("one painted slice", str(one)), ("full label", p["support_label"])):
+        base = {"setting": setting, "case": case.name, "held_out": case.held_out,
+                "corrections": 0}
+        for name, opts in methods(args):
+            cfg = SegmentConfig.from_options(labels=list(case.labels), names=list(case.names),
+                                             window=case.window, seed=args.seed, **opts)
+            t0 = time.perf_counter()
+            r = seg.segment(p["support"], label, p["query"], cfg)
+            secs = time.perf_counter() - t0
+            got = {nm: r.labels.array == i + 1 for i, nm in enumerate(case.names)}
+            rows += rows_of(got, refs, q, {**base, "method": name, "note": _note(args, opts),
+                                           "seconds": round(secs, 2)})
+        if setting == "full label" and not args.no_baselines:
+            rows += _baselines(s, sup, q, refs, case, base, args)
+    return rows
 
-    return canonical_spacing_zyx(vol, canonical_orientation(vol.direction))[0]
+
+def _baselines(s, sup, q, refs, case, base, args) -> list[dict]:
+    arr = np.zeros(s.shape, np.uint16)
+    for v in reversed(list(case.labels)):
+        arr[sup[v]] = v
+    lab = s.with_array(arr)
+    rows = []
+    for name, fn in (("copy", lambda: copy_baseline(lab, q)),
+                     ("registration", lambda: registration_baseline(s, lab, q, args.seed))):
+        t0 = time.perf_counter()
+        out = fn()
+        secs = round(time.perf_counter() - t0, 2)
+        got = {nm: out == v for v, nm in zip(case.labels, case.names)}
+        rows += rows_of(got, refs, q, {**base, "method": name, "note": "", "seconds": secs})
+    return rows
 
 
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a.astype(bool), b.astype(bool)
-    t = a.sum() + b.sum()
-    return math.nan if t == 0 else 2.0 * float((a & b).sum()) / float(t)
+def _note(args, opts) -> str:
+    return "RANDOM WEIGHTS" if args.random_weights and opts.get("method") == "sam2" else ""
+
+
+# --- in-scan and corrections -------------------------------------------------------------------
+
+
+def scans(cases: list[data.Case], scan_cases: list[data.ScanCase], root: Path) -> list[Scan]:
+    """Every support and query scan of the cases with its label, and the scan-only cases
+    (each scan and structure once)."""
+    out, seen = [], set()
+    for c in cases:
+        p = data.case_paths(c, root)
+        for img, lab, vals in ((p["support"], p["support_label"], c.labels),
+                               (p["query"], p["query_ref"], c.ref_labels)):
+            key = (img, lab, vals)
+            if key not in seen:
+                seen.add(key)
+                out.append(Scan(img, lab, tuple(vals), tuple(c.names), c.window, c.held_out,
+                                f"{c.name}:{'support' if img == p['support'] else 'query'}"))
+    for c in scan_cases:
+        out.append(Scan(str(root / c.image), str(root / c.label), (c.value,), (c.structure,),
+                        c.window, c.held_out, c.name))
+    return out
+
+
+def in_scan(seg: Segmenter, scan: Scan, tmp: Path, args, ks: list[int]) -> list[dict]:
+    """The scan from one painted slice of its reference, then the corrections curve."""
+    img = read_image(scan.image, name="scan")
+    ref = label_masks(scan.label, img, scan.values)
+    one = painted_slice(ref, img, tmp / f"{_safe(scan.name)}_one_slice.nii.gz")
+    rows = []
+    for name, opts in (("transfer", {"method": "transfer"}),
+                       *((("sam2[scan]", {"method": "sam2"}),)
+                         if args.checkpoint or args.random_weights else ())):
+        cfg = SegmentConfig.from_options(labels=list(scan.values), names=list(scan.names),
+                                         window=scan.window, seed=args.seed, **opts)
+        rows += corrections_curve(seg, img, scan, ref, one, cfg, ks, tmp,
+                                  {"setting": "in-scan", "method": name,
+                                   "note": _note(args, opts)})
+    return rows
+
+
+def corrections_curve(seg, img: Volume, scan: Scan, ref: dict[int, np.ndarray], label: Path,
+                      cfg: SegmentConfig, ks: list[int], tmp: Path, base: dict,
+                      support: str | None = None) -> list[dict]:
+    """Rows after 0, then ``ks`` corrections (cumulative), starting from ``label`` painted on
+    ``support`` (None: the scan itself). Reruns name the structures (the corrected file is
+    a medseg result: its values are 1..N)."""
+    refs = {nm: ref[v] for v, nm in zip(scan.values, scan.names)}
+    rerun = with_options(cfg, labels=list(scan.names))
+    rows, done, corrected = [], 0, {}
+    t0 = time.perf_counter()
+    res = seg.segment(support or scan.image, label, scan.image, cfg)
+    for k in sorted(set([0, *ks])):
+        while done < k:
+            label = correct(res, refs, tmp / f"{_safe(scan.name)}_{base['method']}_{done}",
+                            corrected)
+            done += 1
+            res = seg.segment(scan.image, label, None, rerun)
+        exact = all(np.array_equal(res.label_frames[f] == res.plan.by_name(nm).output_value, m)
+                    for (nm, f), m in corrected.items())
+        got = {nm: res.labels.array == i + 1 for i, nm in enumerate(scan.names)}
+        rows += rows_of(got, refs, img, {
+            **base, "case": scan.name, "held_out": scan.held_out, "corrections": k,
+            "corrected_exact": exact if corrected else "",
+            "seconds": round(time.perf_counter() - t0, 2)})
+    return rows
+
+
+def correct(res, refs: dict[str, np.ndarray], out: Path,
+            corrected: dict[tuple[str, int], np.ndarray]) -> Path:
+    """The result's .seg.nrrd (slice record kept) with, per structure, its worst slice
+    replaced by the reference's: a correction as a user makes it in 3D Slicer."""
+    stack: FrameStack = res.query_frames
+    frames = res.label_frames.copy()
+    for e in res.plan:
+        r = stack.view_of(refs[e.name])
+        p = frames == e.output_value
+        inter = (p & r).reshape(len(p), -1).sum(axis=1)
+        total = p.reshape(len(p), -1).sum(axis=1) + r.reshape(len(p), -1).sum(axis=1)
+        wrong = total - 2 * inter
+        dice = np.where(total > 0, 2 * inter / np.maximum(total, 1), 2.0)
+        order = np.lexsort((-wrong, dice))  # lowest Dice first, then most wrong pixels
+        f = int(next(i for i in order if total[i] > 0 and (e.name, int(i)) not in corrected))
+        frames[f][frames[f] == e.output_value] = 0
+        frames[f][r[f]] = e.output_value
+        corrected[(e.name, f)] = r[f].copy()
+    arr = stack.to_volume_array(frames)
+    path = out.with_suffix(".seg.nrrd")
+    seg_nrrd(arr, res.labels, res.plan, path, None, res.segment_tags())
+    return path
+
+
+def _safe(name: str) -> str:
+    return name.replace(":", "_").replace("/", "_")
+
+
+# --- main ------------------------------------------------------------------------------------
 
 
 def main() -> None:
+    args = parse()
+    root = data.fetch(progress=False)
+    seg, ckpt_sha = segmenter(args)
+    cases = [{**data.CASES, **data.HELD_OUT}[c] for c in args.cases.split(",")]
+    scan_cases = list(data.SCAN_CASES.values()) if args.held_out else []
+    ks = [int(k) for k in args.corrections.split(",") if k.strip()]
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        for case in cases:
+            rows += cross_case(seg, case, root, tmp, args)
+            rows += cross_corrections(seg, case, root, tmp, args, ks)
+            print(f"done {case.name}", file=sys.stderr)
+        for scan in scans(cases, scan_cases, root):
+            rows += in_scan(seg, scan, tmp, args, ks)
+            print(f"done {scan.name} (in-scan)", file=sys.stderr)
+    write(rows, args, ckpt_sha)
+
+
+def cross_corrections(seg, case: data.Case, root: Path, tmp: Path, args, ks) -> list[dict]:
+    """The corrections curve starting from the one-painted-slice result on the query."""
+    if not ks or ks == [0]:
+        return []
+    p = data.case_paths(case, root)
+    s = read_image(p["support"], name="support")
+    one = painted_slice(label_masks(p["support_label"], s, case.labels), s,
+                        tmp / f"{case.name}_one_slice_c.nii.gz")
+    q = read_image(p["query"], name="query")
+    ref = label_masks(p["query_ref"], q, case.ref_labels)
+    ref = dict(zip(case.labels, (ref[v] for v in case.ref_labels)))
+    scan = Scan(p["query"], p["query_ref"], case.labels, case.names, case.window,
+                case.held_out, case.name)
+    cfg = SegmentConfig.from_options(labels=list(case.labels), names=list(case.names),
+                                     window=case.window, seed=args.seed, method="transfer")
+    rows = corrections_curve(seg, q, scan, ref, one, cfg, [k for k in ks if k], tmp,
+                             {"setting": "corrections from one painted slice",
+                              "method": "transfer", "note": ""}, p["support"])
+    return rows
+
+
+def segmenter(args) -> tuple[Segmenter, str | None]:
+    if args.random_weights:
+        from medseg.engine import build_random_checkpoint
+
+        ck = build_random_checkpoint(Path(tempfile.mkdtemp()) / "random_tiny_256.pt", "tiny",
+                                     256, args.seed)
+        seg = Segmenter(model="tiny", checkpoint=ck, device=args.device)
+    elif args.checkpoint:
+        seg = Segmenter(model=args.model, checkpoint=args.checkpoint, device=args.device,
+                        image_size=args.image_size)
+    else:
+        return Segmenter(allow_download=False), None
+    return seg, seg.engine.checkpoint_sha256
+
+
+def parse():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     g = ap.add_mutually_exclusive_group()
-    g.add_argument("--checkpoint", help="real SAM2.1 checkpoint (enables the medseg rows)")
+    g.add_argument("--checkpoint", help="real SAM2.1 checkpoint (adds the SAM2 rows)")
     g.add_argument("--random-weights", action="store_true",
-                   help="run the medseg rows with a random-weight tiny model (pipeline check only)")
+                   help="SAM2 rows with a random-weight tiny model (a pipeline check only)")
     ap.add_argument("--model", default="tiny")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--image-size", type=int, default=None)
     ap.add_argument("--cases", default=",".join(data.CASES))
-    ap.add_argument("--bank-sizes", default="16", help="comma list, e.g. 0,8,32,64")
-    ap.add_argument("--matchers", default="ssim,ncc", help="matchers for the transfer rows "
-                    "(sam2 needs a model)")
+    ap.add_argument("--held-out", action="store_true", help="add the held-out cases "
+                    "(cross-scan: " + ", ".join(data.HELD_OUT) + "; in-scan: "
+                    + ", ".join(data.SCAN_CASES) + ")")
+    ap.add_argument("--corrections", default="0,1,2,4", help="corrections curve points")
     ap.add_argument("--modes", default="pair,volume")
-    ap.add_argument("--bspline", action="store_true", help="add B-spline after the affine")
     ap.add_argument("--steps", action="store_true", help="add a transfer row per component")
+    ap.add_argument("--no-baselines", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/quality"))
     args = ap.parse_args()
+    if args.held_out:
+        args.cases = ",".join([*args.cases.split(","), *data.HELD_OUT])
+    return args
 
-    root = data.fetch(progress=False)
-    bank_sizes = [int(b) for b in args.bank_sizes.split(",")]
-    matchers = [m for m in args.matchers.split(",") if m]
-    modes = [m for m in args.modes.split(",") if m]
-    seg = None
-    ckpt_note = None
-    if args.checkpoint or args.random_weights:
-        ckpt = args.checkpoint
-        if args.random_weights:
-            import tempfile
 
-            from medseg.engine import build_random_checkpoint
-
-            ckpt = build_random_checkpoint(Path(tempfile.mkdtemp()) / "random_tiny_256.pt", "tiny",
-                                           256, args.seed)
-            ckpt_note = "RANDOM WEIGHTS"
-        seg = Segmenter(model=args.model, checkpoint=ckpt, device=args.device, image_size=args.image_size)
-    else:
-        seg = Segmenter(model=args.model, device=args.device, allow_download=False)
-    rows: list[dict] = []
-    for name in args.cases.split(","):
-        case = data.CASES[name]
-        p = data.case_paths(case, root)
-        s, q, qr = (read_image(p[k], name=k) for k in ("support", "query", "query_ref"))
-        sl_path = p["support_label"]
-        sl = support_labelmap(sl_path, s, case.labels)
-        t0 = time.perf_counter()
-        copy = copy_baseline(sl, q)
-        t_copy = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        reg = registration_baseline(s, sl, q, args.bspline, args.seed)
-        t_reg = time.perf_counter() - t0
-        preds: list[tuple[str, str, dict, float, dict]] = []
-        for lv, nm in zip(case.labels, case.names):
-            preds.append(("copy", "", {nm: copy == lv}, t_copy, {}))
-            preds.append(("registration" + ("+bspline" if args.bspline else ""), "",
-                          {nm: reg == lv}, t_reg, {}))
-        for bs in bank_sizes:
-            for matcher in matchers:
-                if matcher == "sam2" and not (args.checkpoint or args.random_weights):
-                    continue
-                for label, extra in STEPS if args.steps else STEPS[-1:]:
-                    cfg = SegmentConfig.from_options(labels=list(case.labels), names=list(case.names),
-                                        method="transfer", matcher=matcher, window=case.window,
-                                        bank_size=bs, seed=args.seed, **extra)
-                    t0 = time.perf_counter()
-                    r = seg.segment(s, sl_path, q, cfg)
-                    tt = time.perf_counter() - t0
-                    note = ckpt_note if matcher == "sam2" and ckpt_note else ""
-                    preds.append((f"{label}[{matcher}]", note,
-                                  {nm: r.labels.array == i + 1 for i, nm in enumerate(case.names)},
-                                  tt, {"bank_size": bs}))
-            if args.checkpoint or args.random_weights:
-                for mode in modes:
-                    cfg = SegmentConfig.from_options(labels=list(case.labels), names=list(case.names),
-                                        mode=mode, matcher="sam2", window=case.window,
-                                        bank_size=bs, seed=args.seed)
-                    t0 = time.perf_counter()
-                    r = seg.segment(s, sl_path, q, cfg)
-                    tt = time.perf_counter() - t0
-                    preds.append((f"medseg[{mode}]", ckpt_note or "",
-                                  {nm: r.labels.array == i + 1 for i, nm in enumerate(case.names)},
-                                  tt, {"bank_size": bs}))
-        for method, note, masks, secs, extra in preds:
-            for nm, rv in zip(case.names, case.ref_labels):
-                if nm not in masks:
-                    continue
-                sc = score(masks[nm], qr.array == rv, q.spacing_zyx, q)
-                rows.append({"case": name, "label": nm, "method": method, "note": note,
-                             "bank_size": extra.get("bank_size", ""), **sc,
-                             "seconds": round(secs, 2), "reference": case.reference})
-        print(f"done {name}", file=sys.stderr)
+def write(rows: list[dict], args, ckpt_sha: str | None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
-    cols = ["case", "label", "method", "note", "bank_size", "dice", "hd95_mm", "nsd2mm",
-            "dice_slices", "extent_error_mm", "extent_ratio", "slices_with_structure", "seconds"]
     with open(args.out / "quality.csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=cols + ["reference"])
+        w = csv.DictWriter(fh, fieldnames=COLS)
         w.writeheader()
         for r in rows:
-            w.writerow({k: _fmt(r[k]) for k in cols + ["reference"]})
+            w.writerow({k: _fmt(r.get(k, "")) for k in COLS})
     meta = {"versions": versions(), "machine": machine(), "metrics": implementation(),
             "checkpoint": str(args.checkpoint) if args.checkpoint else
             ("random weights" if args.random_weights else None),
-            "checkpoint_sha256": seg._engine.checkpoint_sha256 if seg and seg._engine else None,
+            "checkpoint_sha256": ckpt_sha,
+            "references": {c.name: c.reference for c in (*data.CASES.values(),
+                                                         *data.HELD_OUT.values())},
             "args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}
     (args.out / "quality.json").write_text(json.dumps(meta, indent=2, default=_json))
-    print(f"{'case':17s} {'label':10s} {'method':24s} {'bank':>4s} {'Dice':>6s} {'HD95mm':>7s} "
-          f"{'NSD2mm':>6s} {'Dice@sl':>7s} {'ext.mm':>6s} {'ext.x':>5s} {'s':>6s} note")
+    print(f"{'setting':36s} {'case':32s} {'label':14s} {'method':16s} {'k':>2s} {'Dice':>6s} "
+          f"{'HD95mm':>7s} {'Dice@sl':>7s} {'ext.x':>5s} {'s':>6s} note")
     for r in rows:
-        print(f"{r['case']:17s} {r['label']:10s} {r['method']:24s} {str(r['bank_size']):>4s} "
-              f"{_fmt(r['dice']):>6s} {_fmt(r['hd95_mm']):>7s} {_fmt(r['nsd2mm']):>6s} "
-              f"{_fmt(r['dice_slices']):>7s} {_fmt(r['extent_error_mm']):>6s} "
-              f"{_fmt(r['extent_ratio']):>5s} {r['seconds']:>6.1f} {r['note']}")
+        print(f"{r['setting']:36s} {r['case']:32s} {r['label']:14s} {r['method']:16s} "
+              f"{r['corrections']:>2d} {_fmt(r['dice']):>6s} {_fmt(r['hd95_mm']):>7s} "
+              f"{_fmt(r['dice_slices']):>7s} {_fmt(r['extent_ratio']):>5s} {r['seconds']:>6.1f} "
+              f"{'held out ' if r['held_out'] else ''}{r.get('note', '')}")
 
 
 def _fmt(v):
@@ -317,7 +501,7 @@ def _fmt(v):
 
 
 def _json(o):
-    if isinstance(o, (np.floating, np.integer)):
+    if isinstance(o, (np.floating, np.integer, np.bool_)):
         return o.item()
     return str(o)
 

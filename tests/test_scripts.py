@@ -34,11 +34,27 @@ def test_speed_benchmark_tiny(tmp_path):
 
 
 def test_quality_benchmark_one_case(tmp_path):
-    out = _run(ROOT / "scripts/benchmark_quality.py", "--cases", "mr-brain-tumour", "--matchers",
-               "ncc", "--bank-sizes", "2", "--out", tmp_path)
-    assert "registration" in out and "transfer[ncc]" in out
+    """One case three ways (one painted slice first, full label with baselines, in-scan on
+    both scans) and the corrections curve; corrected slices come back exactly."""
+    out = _run(ROOT / "scripts/benchmark_quality.py", "--cases", "mr-brain-tumour",
+               "--corrections", "0,1", "--out", tmp_path)
+    assert "registration" in out and "one painted slice" in out
     rows = json.loads((tmp_path / "quality.json").read_text())["rows"]
-    assert {r["method"] for r in rows} == {"copy", "registration", "transfer[ncc]"}
+    settings = [r["setting"] for r in rows]
+    assert settings[0] == "one painted slice"
+    assert {"one painted slice", "full label", "in-scan",
+            "corrections from one painted slice"} == set(settings)
+    assert {r["method"] for r in rows} == {"copy", "registration", "transfer"}
+    corrected = [r for r in rows if r["corrections"] == 1]
+    assert corrected and all(r["corrected_exact"] is True for r in corrected)
+
+
+def test_completion_benchmark_runs(tmp_path):
+    out = _run(ROOT / "scripts/benchmark_completion.py", "--candidates",
+               "registration,region-growing", "--out", tmp_path)
+    assert "mean Dice" in out
+    rows = json.loads((tmp_path / "completion.json").read_text())["rows"]
+    assert {r["candidate"] for r in rows} == {"registration", "region-growing"}
 
 
 def test_fetch_example_data():

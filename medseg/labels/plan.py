@@ -88,6 +88,9 @@ class LabelPlan:
     def by_support(self, value: int) -> PlanEntry:
         return next(e for e in self.entries if e.support_value == value)
 
+    def by_name(self, name: str) -> PlanEntry:
+        return next(e for e in self.entries if e.name == name)
+
     def by_output(self, value: int) -> PlanEntry:
         return next(e for e in self.entries if e.output_value == value)
 

@@ -38,7 +38,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .._lazy import lazy_import
-from .drawn import Drawn
+from ..frames import FrameStack, label_to_frames
+from ..io import Volume
+from ..labels import SupportLabel
+from .drawn import Drawn, drawn_of
 
 ndimage = lazy_import("scipy.ndimage")
 sitk = lazy_import("SimpleITK")
@@ -52,7 +55,7 @@ class CompletionParams:
     """The documented parameters of weight-free completion (set on the first seven example
     cases, see the module docstring)."""
 
-    grid_mm: float = 1.2  # frames are worked on at this pixel size at the finest
+    grid_mm: float = 2.0  # frames are worked on at this pixel size at the finest
     margin_mm: float = 60.0  # ... cropped to the drawn masks' box grown by this (or by half)
     smooth_px: float = 1.0  # Gaussian smoothing before the intensity model
     ring_mm: float = 15.0  # the surroundings: a ring this wide around each drawn mask
@@ -306,3 +309,73 @@ def complete_with_sam2(engine: Sam2Engine, frames: np.ndarray, drawn: list[Drawn
         result.append(Completion(masks, d.flags(n), "sam2",
                                  {"engine_timings_s": out.timings}))
     return result
+
+
+# --- the stage -----------------------------------------------------------------------------
+
+
+@dataclass
+class CompletedSupport:
+    """A support with every structure completed through its scan."""
+
+    label: SupportLabel  # on the support image's grid (the original when nothing changed)
+    structures: dict[int, Completion]  # support value -> completion (frames layout)
+    drawn: dict[int, Drawn]  # support value -> what the user drew
+
+    def painted(self, value: int) -> list[int]:
+        """Frames the user painted the structure on (the 1-shot slice comes from these)."""
+        return self.drawn[value].painted
+
+    def describe(self, frames: FrameStack, image: Volume) -> list[dict]:
+        """Per structure, for the report: how it was completed, which slices were drawn
+        (support voxel index along the axis) and its extent."""
+        _, src = frames.source_index(image.shape)
+        out = []
+        for v, c in self.structures.items():
+            ext = c.extent
+            out.append({"support_value": v, "method": c.method, "label": self.drawn[v].source,
+                        "drawn_slices": [int(src[f]) for f in sorted(self.drawn[v].frames)],
+                        "extent_slices": None if ext is None else [int(src[ext[0]]),
+                                                                  int(src[ext[1]])],
+                        "frames_with_structure": int(c.masks.any(axis=(1, 2)).sum()),
+                        **{k: val for k, val in c.info.items() if k != "engine_timings_s"}})
+        return out
+
+
+def complete_support(image: Volume, frames: FrameStack, label: SupportLabel, values: list[int],
+                     method: str, complete: str = "auto", engine: Sam2Engine | None = None,
+                     progress: Callable[[int], None] | None = None) -> CompletedSupport:
+    """Every structure of ``values`` completed through the support scan.
+
+    Args:
+        image, frames, label: the support scan, its normalised frames and its label.
+        values: the structures of the run (support values).
+        method: ``sam2`` (SAM2's interactive mode) or ``transfer`` (weight-free).
+        complete: ``auto``, ``on`` or ``off`` (see :func:`~medseg.support.drawn.drawn_of`).
+        engine: the SAM2 engine (``method="sam2"``).
+        progress: called with the number of frames done (SAM2).
+
+    Returns:
+        The completed support; its label is the original when nothing needed completing.
+    """
+    n, shape = len(frames), frames.frames.shape[1:]
+    drawn = {v: drawn_of(label_to_frames(image.with_array(label.mask(v)), frames.axis)
+                         .astype(bool), label.segments[v].record, frames.axis, complete)
+             for v in values}
+    todo = [v for v in values if not drawn[v].full]
+    done = {v: as_is(drawn[v], n, shape) for v in values if drawn[v].full}
+    if todo and method == "sam2" and engine is not None:
+        done.update(zip(todo, complete_with_sam2(engine, frames.frames, [drawn[v] for v in todo],
+                                                 progress)))
+    elif todo:
+        raw = label_to_frames(image.with_array(image.array.astype(np.float32)), frames.axis)
+        for v in todo:
+            done[v] = complete_by_registration(raw, frames.spacing, drawn[v])
+    structures = {v: done[v] for v in values}
+    if not todo:
+        return CompletedSupport(label, structures, drawn)
+    layers = [frames.to_volume_array(structures[v].masks).astype(np.uint8) for v in values]
+    segments = {v: label.segments[v] for v in values}
+    completed = SupportLabel(layers, segments, {v: (k, 1) for k, v in enumerate(values)},
+                             label.path, label.kind, [*label.notes, "completed through the scan"])
+    return CompletedSupport(completed, structures, drawn)

@@ -72,8 +72,8 @@ class _Placing:
 
 def prepare_support(support: SupportScan, plan: LabelPlan, query: FrameStack,
                     cfg: SupportConfig, corr: Correspondence | None = None,
-                    placement: str = "auto", cache: BankCache | None = None
-                    ) -> list[SupportGroup]:
+                    placement: str = "auto", cache: BankCache | None = None,
+                    painted: dict[int, list[int]] | None = None) -> list[SupportGroup]:
     """Support slice(s) per structure and one bank per distinct set of slices.
 
     Args:
@@ -84,6 +84,8 @@ def prepare_support(support: SupportScan, plan: LabelPlan, query: FrameStack,
         corr: the slice correspondence (for placement and the expected extent).
         placement: how the support slice is placed in-plane.
         cache: banks reused by content (a cohort's queries on the same grid).
+        painted: per structure, the frames the user painted when the structure was completed
+            from them (a 1-shot support is one of these).
 
     Returns:
         The groups, in the order their structures first appear in the plan.
@@ -93,9 +95,10 @@ def prepare_support(support: SupportScan, plan: LabelPlan, query: FrameStack,
     masks = {e.support_value: label_frames(support.label, support.image, e.support_value,
                                            frames.axis) for e in plan}
     shots = effective_shots(cfg.shots, corr)
+    painted = painted or {}
     slices_of = {e.support_value: tuple(choose_slices(
-        masks[e.support_value].sum(axis=(1, 2)), shots, cfg.support_slice, src_index, e.name))
-        for e in plan}
+        masks[e.support_value].sum(axis=(1, 2)), shots, cfg.support_slice, src_index, e.name,
+        painted.get(e.support_value))) for e in plan}
     groups: dict[tuple[int, ...], list[PlanEntry]] = {}
     for e in plan:
         groups.setdefault(slices_of[e.support_value], []).append(e)

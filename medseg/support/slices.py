@@ -20,12 +20,16 @@ MAX_DENSE = 16  # support slices per structure when the label covers many
 
 
 def choose_slices(areas: np.ndarray, shots: int, wanted: int | None, src_index: np.ndarray,
-                  name: str) -> list[int]:
-    """Frame indices of the support slice(s) of one structure (``areas`` per frame)."""
+                  name: str, painted: list[int] | None = None) -> list[int]:
+    """Frame indices of the support slice(s) of one structure (``areas`` per frame). A
+    1-shot support is the largest slice the user painted (an exact mask) when the
+    structure was completed from painted slices; else the largest labelled one."""
     if wanted is not None:
         return [_wanted_slice(areas, wanted, src_index, name)]
     labelled = np.nonzero(areas > 0)[0]
     if shots == 1 or len(labelled) == 1:
+        if painted:
+            return [int(painted[int(np.argmax(areas[painted]))])]
         return [int(np.argmax(areas))]  # the first largest
     k = min(MAX_DENSE if shots == 0 else shots, len(labelled))
     picks = labelled[np.round((2 * np.arange(k) + 1) / (2 * k) * len(labelled) - 0.5)
