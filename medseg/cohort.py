@@ -126,8 +126,8 @@ def output_stems(queries: Sequence[Path]) -> list[str]:
 class Job:
     """What every query of a cohort shares: the support, the settings, the outputs."""
 
-    support: str
-    support_label: str
+    support: tuple[str, ...]  # one or more support scans
+    support_label: tuple[str, ...]  # their labels, in the same order
     config: SegmentConfig
     output: OutputSpec
     cohort: CohortSpec = field(default_factory=CohortSpec)
@@ -231,7 +231,10 @@ class CohortRunner:
         query = loaded.result()
         if isinstance(query, BaseException):
             raise query
-        return self.seg.segment(self.job.support, self.job.support_label, query, self.job.config)
+        one = len(self.job.support) == 1
+        return self.seg.segment(self.job.support[0] if one else list(self.job.support),
+                                self.job.support_label[0] if one else list(self.job.support_label),
+                                query, self.job.config)
 
     def _done(self, q: Path, stem: str, rows: list, progress) -> bool:
         if self.job.cohort.resume and outputs_valid(self.job.paths(stem)):
@@ -385,7 +388,7 @@ def prepare_cohort(job: Job, queries: Sequence[Path], list_files: Sequence[str] 
     ref = job.cohort.ref
     refs = find_references(Path(ref), stems) if ref else {}
     job = replace(job, references=refs, protected=tuple(str(p) for p in (
-        job.support, job.support_label, *queries, *refs.values(), *list_files)))
+        *job.support, *job.support_label, *queries, *refs.values(), *list_files)))
     check_inputs_kept(job, stems)
     if not (job.output.overwrite or job.cohort.resume):
         existing = [str(p) for st in stems for p in job.paths(st).values() if p.exists()]
@@ -409,7 +412,7 @@ def run_cohort(seg: Segmenter, job: Job, queries: Sequence[Path], say: Callable[
     t0 = time.perf_counter()
     rows = run_on_ray(seg.config, job, queries, stems, bar) if workers > 1 \
         else CohortRunner(seg, job, verbose).run(queries, stems, bar)
-    meta = {"support": str(job.support), "support_label": str(job.support_label),
+    meta = {"support": list(job.support), "support_label": list(job.support_label),
             "config": to_dict(job.config), "workers": workers,
             "seconds": round(time.perf_counter() - t0, 2), "counts": counts(rows)}
     paths = write_summary(rows, job.output.folder, meta)

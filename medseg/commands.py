@@ -11,7 +11,7 @@ from . import export
 from .api import Segmenter
 from .cohort import Job, expand_queries, run_cohort
 from .config import CohortSpec, ModelConfig, OutputSpec, SegmentConfig
-from .errors import UsageError
+from .errors import InputError, UsageError
 from .export.dicom_seg import check_seg_sources
 from .labels import find_label_beside
 
@@ -27,23 +27,28 @@ def segment(options: dict[str, Any], settings: dict[str, Any], say: Say, out: Sa
     cfg: SegmentConfig = settings["segment"]
     spec: OutputSpec = settings["output"]
     coh: CohortSpec = settings["cohort"]
-    supports = list(options.get("support") or [])
+    supports = [Path(s) for s in options.get("support") or []]
     if not supports:
         raise UsageError("--support: give the scan with the painted slice(s) (-s scan.nii.gz)")
-    if len(supports) > 1:
-        raise UsageError("--support: one support scan per run")
-    support = supports[0]
-    labels = list(options.get("support_label") or [])
-    label = labels[0] if labels else find_label(support, say)
-    specs = options.get("query") or [str(support)]  # no query: the painted scan itself
-    queries = expand_queries(specs)
+    for s in supports:
+        if not s.exists():
+            raise InputError(f"support {s}: no such file or folder")
+    labels = [Path(x) for x in options.get("support_label") or []]
+    if labels and len(labels) != len(supports):
+        raise UsageError(f"--support-label: {len(labels)} label(s) for {len(supports)} support "
+                         "scan(s); give one per --support, in the same order, or none (each "
+                         "found beside its scan)")
+    labels = labels or [find_label(s, say) for s in supports]
+    specs = options.get("query") or []
+    queries = expand_queries(specs) if specs else [supports[0]]  # none: the painted scan
     seg = Segmenter(model, progress=not _quiet(say))
-    single = len(queries) == 1 and len(specs) == 1 and queries[0] == Path(specs[0])
+    single = len(queries) == 1 and len(specs) <= 1 and (not specs or queries[0] == Path(specs[0]))
     if single and not (coh.resume or coh.ref or coh.workers > 1):
-        segment_one(seg, support, label, queries[0], cfg, spec, say, out)
+        segment_one(seg, supports, labels, queries[0] if specs else None, cfg, spec, say, out)
         return
     lists = [q for q in specs if Path(q).is_file() and Path(q).suffix.lower() in LIST_SUFFIXES]
-    run_cohort(seg, Job(str(support), str(label), cfg, spec, coh), queries, say, verbose, lists)
+    run_cohort(seg, Job(tuple(map(str, supports)), tuple(map(str, labels)), cfg, spec, coh),
+               queries, say, verbose, lists)
 
 
 def _quiet(say: Say) -> bool:
@@ -61,20 +66,24 @@ def find_label(support: Path, say: Say) -> Path:
     return found
 
 
-def segment_one(seg: Segmenter, support: Path, label: Path, query: Path, cfg: SegmentConfig,
-                spec: OutputSpec, say: Say, out: Say) -> None:
-    """One query: every check that needs no model first, then the work, then the files."""
+def segment_one(seg: Segmenter, supports: list[Path], labels: list[Path], query: Path | None,
+                cfg: SegmentConfig, spec: OutputSpec, say: Say, out: Say) -> None:
+    """One query (None: the first support scan itself): every check that needs no model
+    first, then the work, then the files."""
+    target = query or supports[0]
     if "dicom-seg" in spec.formats:
-        check_seg_sources(query)
-    paths = export.output_paths(spec.folder, export.query_stem(str(query)), spec.formats,
+        check_seg_sources(target)
+    paths = export.output_paths(spec.folder, export.query_stem(str(target)), spec.formats,
                                 spec.report, spec.qc)
     for folder in {spec.folder, *(p.parent for p in paths.values())}:
         export.check_output_dir(folder)
     export.check_outputs(list(paths.values()), overwrite=spec.overwrite,
-                         inputs=[support, label, query])
-    result = seg.segment(support, label, query, cfg)
+                         inputs=[*supports, *labels, target])
+    one = len(supports) == 1
+    result = seg.segment(supports[0] if one else supports, labels[0] if one else labels, query,
+                         cfg)
     paths = result.save(spec.folder, spec.formats, overwrite=spec.overwrite, report=spec.report,
-                        qc=spec.qc)
+                        qc=spec.qc, protect=[*supports, *labels])
     if result.report.random_weights:
         say("WARNING: random-weight SAM2 checkpoint: the masks are meaningless (test model).")
     eng = result.report.engine or {}

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,7 +27,7 @@ from .errors import InputError, UsageError
 from .frames import FrameStack, parse_window, volume_to_frames
 from .io import Volume, check_finite, check_not_label, read_image, same_geometry
 from .labels import LabelPlan, SupportLabel, make_plan, read_support_label
-from .locate import Correspondence, correspond, counterpart, expected_frames
+from .locate import Correspondence, correspond
 from .match import Matcher, make_matcher
 from .postprocess import parse_range, postprocess, postprocess_masks
 from .propagate import Matching, Propagation, Propagator, Sam2Pairs, Sam2Volume, Transfer
@@ -35,6 +35,8 @@ from .report import FrameRecord, GroupRecord, Report
 from .result import Result
 from .support import BankCache, SupportGroup, SupportScan, position_prior, prepare_support
 from .support.complete import CompletedSupport, complete_support
+from .support.groups import insertion_frame, presence
+from .support.multi import merge, plan_for
 from .timing import Timer
 
 if TYPE_CHECKING:
@@ -43,6 +45,7 @@ if TYPE_CHECKING:
 tqdm = lazy_import("tqdm")
 
 ImageInput = "str | os.PathLike | Volume"
+SUPPORTS_KEPT = 8  # support scans a Segmenter keeps as read
 EngineFactory = Callable[[], "Sam2Engine"]
 
 
@@ -67,7 +70,8 @@ class Caches:
                cfg.support.resample_label, cfg.support.label_names and
                _file_key(cfg.support.label_names))
         if key not in self.supports:
-            self.supports.clear()  # one support at a time
+            while len(self.supports) >= SUPPORTS_KEPT:
+                self.supports.pop(next(iter(self.supports)))
             self.supports[key] = load_support(support, label, cfg)
         return self.supports[key]
 
@@ -170,13 +174,11 @@ class Methods:
             return cls(matcher, Sam2Pairs(engine, store, keep), cfg.resolved_matcher == "sam2")
         return cls(matcher, Sam2Volume(engine, store, keep), False)
 
-    def match(self, query: np.ndarray, group: SupportGroup, corr: Correspondence,
-              run: np.ndarray) -> Matching:
+    def match(self, query: np.ndarray, group: SupportGroup, run: np.ndarray) -> Matching:
         """Distances (unless matched inside the propagation), the position prior, the frames
         to run and where the support goes in (volume mode)."""
-        prior = position_prior(group, corr, len(query))
-        insert = counterpart(corr, group.frames[len(group.frames) // 2], len(query)) \
-            if corr.usable else None
+        prior = position_prior(group, len(query))
+        insert = insertion_frame(group, len(query))
         dist = None if self.inline_match else self.matcher.distances(query, group.bank.images)
         return Matching(dist, prior, run, insert)
 
@@ -219,14 +221,6 @@ class Located:
     drawn: np.ndarray | None = None  # (N, n) bool: frames holding the user's own mask
 
 
-def presence_prior(group: SupportGroup, corr: Correspondence, n: int, presence: str) -> np.ndarray:
-    """(n, K): per structure of the group, the frames where it is expected (presence
-    ``auto``: through the slice correspondence; ``off`` or no correspondence: all)."""
-    if presence == "off":
-        return np.ones((n, len(group.entries)), bool)
-    return np.stack([expected_frames(corr, lab) for lab in group.labelled], axis=1)
-
-
 def apply_presence(p: Propagation, expected: np.ndarray) -> Propagation:
     """Empty masks where a structure is not expected."""
     for k in range(expected.shape[1]):
@@ -260,15 +254,16 @@ class RunContext:
     caches: Caches = field(default_factory=Caches)
 
 
-def run(support: ImageInput, support_label: ImageInput, query: ImageInput | None,
-        cfg: SegmentConfig, ctx: RunContext | None = None) -> Result:
-    """Segment ``query`` from a labelled support (or, with ``query`` None or the support
-    scan itself, segment the support scan from its painted slices).
+def run(support: ImageInput | Sequence[ImageInput], support_label: ImageInput | Sequence,
+        query: ImageInput | None, cfg: SegmentConfig, ctx: RunContext | None = None) -> Result:
+    """Segment ``query`` from labelled support scan(s) (or, with ``query`` None or one of
+    the support scans, segment that scan from its own painted slices).
 
     Args:
-        support, support_label: the support scan and its label (paths or volumes); the label
-            may hold one painted slice per structure, a few, or a corrected result.
-        query: the scan to segment (a path or a volume), or None for the support scan.
+        support, support_label: the support scan(s) and label(s) (paths or volumes; one
+            each, or sequences of equal length); a label may hold one painted slice per
+            structure, a few, or a corrected result.
+        query: the scan to segment (a path or a volume), or None for the (first) support.
         cfg: what to segment and how.
         ctx: the engine factory, progress, caches shared across queries.
 
@@ -278,38 +273,95 @@ def run(support: ImageInput, support_label: ImageInput, query: ImageInput | None
     ctx = ctx or RunContext()
     _warm_imports()
     t = Timer()
+    pairs = _support_pairs(support, support_label)
     with t("load"):
-        s, label = ctx.caches.support(support, support_label, cfg)
-        q = s if query is None else load_query(query, cfg)
-        same = same_scan(support, s, query, q)
-        inputs = Inputs(s, label, s if same else q)
+        loaded = [ctx.caches.support(s, lab, cfg) for s, lab in pairs]
+        q = loaded[0][0] if query is None else load_query(query, cfg)
+        same = next((j for j, (s, _) in enumerate(loaded)
+                     if same_scan(pairs[j][0], s, query, q)), None)
+    if same is not None:
+        return _in_scan(Inputs(loaded[same][0], loaded[same][1], loaded[same][0]), cfg, ctx, t)
     with t("frames"):
-        frames = cut_frames(inputs, cfg, same)
-    plan = make_plan(label.segments, cfg.labels, cfg.names,
-                     f"support label {label.path or ''}".strip())
+        q_frames = volume_to_frames(q, cfg.axis, cfg.modality, parse_window(cfg.window))
+        s_frames = [volume_to_frames(s, cfg.axis, cfg.modality, parse_window(cfg.window))
+                    for s, _ in loaded]
+    plan = make_plan(loaded[0][1].segments, cfg.labels, cfg.names,
+                     f"support label {loaded[0][1].path or ''}".strip())
     eng = _engine(cfg, ctx)
     with t("complete"):
-        done = complete_support(s, frames.support, label, plan.support_values, cfg.method,
-                                cfg.support.complete, eng)
-    if same:
-        return _same_scan(inputs, frames, plan, done, cfg, eng, t)
-    inputs = Inputs(s, done.label, q)
-    with t("locate"):
-        corr = locate(inputs, frames, cfg)
-    with t("support"):
-        groups = prepare_support(SupportScan(s, frames.support, done.label), plan, frames.query,
-                                 cfg.support, corr, cfg.locate.placement, ctx.caches.banks,
-                                 {v: done.painted(v) for v in plan.support_values})
+        done = [complete_support(s, f, lab, (plan if j == 0 else plan_for(
+            plan, lab, f"support label {j + 1}")).support_values, cfg.method,
+            cfg.support.complete, eng) for j, ((s, lab), f) in enumerate(zip(loaded, s_frames))]
+    groups, corrs = _supports(q, q_frames, loaded, s_frames, done, plan, cfg, ctx, t)
+    frames = Frames(q_frames, s_frames[0])
     methods = Methods.build(cfg, frames, eng,
                             ctx.feature_cache_mb if cfg.mode == "volume" else 0.0)
-    props, expected = _propagate(frames.query.frames, groups, corr, cfg, methods, t, ctx)
-    combined = combine(props, groups, len(plan), frames.query.frames.shape)
+    props, expected = _propagate(q_frames.frames, groups, cfg, methods, t, ctx)
+    combined = combine(props, groups, len(plan), q_frames.frames.shape)
     with t("postprocess"):
-        lab = clean_up(combined, plan, cfg, len(frames.query))
+        lab = clean_up(combined, plan, cfg, len(q_frames))
+    inputs = Inputs(loaded[0][0], done[0].label, q)
     result = assemble(inputs, frames, plan, groups, combined, lab, cfg, eng, t,
-                      Located(corr, expected))
-    result.report.support_completion = done.describe(frames.support, s)
+                      Located(corrs[0], expected))
+    _describe_supports(result, done, s_frames, loaded, corrs)
     return result
+
+
+def _support_pairs(support, support_label) -> list[tuple]:
+    """(scan, label) per support scan."""
+    many = isinstance(support, (list, tuple))
+    scans = list(support) if many else [support]
+    labels = list(support_label) if isinstance(support_label, (list, tuple)) else [support_label]
+    if len(scans) != len(labels) or not scans:
+        raise UsageError(f"support: {len(scans)} support scan(s) but {len(labels)} label(s); "
+                         "give one label per support scan, in the same order",
+                         option="support")
+    return list(zip(scans, labels))
+
+
+def _supports(q: Volume, q_frames: FrameStack, loaded: list[tuple[Volume, SupportLabel]],
+              s_frames: list[FrameStack], done: list[CompletedSupport], plan: LabelPlan,
+              cfg: SegmentConfig, ctx: RunContext, t: Timer
+              ) -> tuple[list[SupportGroup], list[Correspondence]]:
+    """Every support related to the query and banked; one group per structure across
+    several supports."""
+    per, corrs = [], []
+    for j, ((s, _), f, d) in enumerate(zip(loaded, s_frames, done)):
+        with t("locate"):
+            corr = locate(Inputs(s, d.label, q), Frames(q_frames, f), cfg)
+        pj = plan if j == 0 else plan_for(plan, d.label, f"support label {j + 1}")
+        with t("support"):
+            per.append(prepare_support(SupportScan(s, f, d.label), pj, q_frames, cfg.support,
+                                       corr, cfg.locate.placement, ctx.caches.banks,
+                                       {v: d.painted(v) for v in pj.support_values}))
+        corrs.append(corr)
+    return (per[0] if len(per) == 1 else merge(per, plan)), corrs
+
+
+def _describe_supports(result: Result, done: list[CompletedSupport], s_frames: list[FrameStack],
+                       loaded: list[tuple[Volume, SupportLabel]],
+                       corrs: list[Correspondence]) -> None:
+    rep = result.report
+    rep.support_completion = done[0].describe(s_frames[0], loaded[0][0])
+    if len(loaded) > 1:
+        rep.inputs["supports"] = [{"path": s.path, "label": lab.path} for s, lab in loaded]
+        rep.location["supports"] = [
+            {"support": j + 1, **c.describe(),
+             "completion": d.describe(f, s)} for j, (c, d, f, (s, _)) in
+            enumerate(zip(corrs, done, s_frames, loaded))]
+
+
+def _in_scan(inputs: Inputs, cfg: SegmentConfig, ctx: RunContext, t: Timer) -> Result:
+    """The support scan segmented from its own drawn slices."""
+    with t("frames"):
+        frames = cut_frames(inputs, cfg, True)
+    plan = make_plan(inputs.label.segments, cfg.labels, cfg.names,
+                     f"support label {inputs.label.path or ''}".strip())
+    eng = _engine(cfg, ctx)
+    with t("complete"):
+        done = complete_support(inputs.support, frames.support, inputs.label,
+                                plan.support_values, cfg.method, cfg.support.complete, eng)
+    return _same_scan(inputs, frames, plan, done, cfg, eng, t)
 
 
 def same_scan(support_spec: ImageInput, support: Volume, query_spec: ImageInput | None,
@@ -370,16 +422,16 @@ def _engine(cfg: SegmentConfig, ctx: RunContext):
     return eng
 
 
-def _propagate(q: np.ndarray, groups: list[SupportGroup], corr: Correspondence,
-               cfg: SegmentConfig, methods: Methods, t: Timer, ctx: RunContext
+def _propagate(q: np.ndarray, groups: list[SupportGroup], cfg: SegmentConfig,
+               methods: Methods, t: Timer, ctx: RunContext
                ) -> tuple[list[Propagation], list[np.ndarray]]:
     """Match and propagate every group; presence applied."""
     bar = _progress(ctx.progress, len(q) * len(groups))
     props, expected = [], []
     for g in groups:
-        exp = presence_prior(g, corr, len(q), cfg.locate.presence)
+        exp = presence(g, len(q), cfg.locate.presence)
         with t("match"):
-            matching = methods.match(q, g, corr, exp.any(axis=1))
+            matching = methods.match(q, g, exp.any(axis=1))
         with t("propagate"):
             props.append(apply_presence(methods.propagator.run(q, g, matching, bar.update), exp))
         expected.append(exp)

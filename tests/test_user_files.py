@@ -292,9 +292,17 @@ def test_demo_offline_runs_the_weight_free_method(tmp_path, capsys, monkeypatch)
     code, out, err = run(["demo", "-o", tmp_path / "demo"], capsys)
     assert code == 0, err
     assert "SAM2 did not run" in err and "sam2.1_hiera_tiny.pt" in err
-    assert "liver" in out and "Dice" in out
+    assert "one painted slice" in err and "liver" in out and "Dice" in out
     names = sorted(p.name for p in (tmp_path / "demo").iterdir())
-    assert "qc.png" in names and any(n.endswith(".seg.nrrd") for n in names)
+    assert {"qc.png", "support_qc.png", "support_painted.nii.gz", "support.seg.nrrd"} <= set(names)
+    painted = read_image(tmp_path / "demo" / "support_painted.nii.gz").array
+    assert np.count_nonzero(painted.any(axis=(1, 2))) == 2  # liver and spleen, one slice each
+    code, _, err = run(["demo", "-o", tmp_path / "demo"], capsys)  # reruns cleanly
+    assert code == 0, err
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "mine.txt").write_text("not the demo's")
+    code, _, err = run(["demo", "-o", tmp_path / "other"], capsys)
+    assert code == 4 and "not an earlier demo" in err
 
 
 def test_transfer_defaults_to_a_weight_free_matcher(tmp_path):

@@ -13,17 +13,32 @@ from ..errors import InputError
 from ..frames import FrameStack, label_to_frames, resample_frame
 from ..io import Volume
 from ..labels import LabelPlan, PlanEntry, SupportLabel
-from ..locate import Correspondence, expected_frames, placement_shift
+from ..locate import Correspondence, counterpart, expected_frames, placement_shift
 from .augment import Bank, build_bank, content_key
 from .cache import BankCache
 from .slices import choose_slices, effective_shots
 
 
 @dataclass
+class GroupPart:
+    """The members of one support scan within a group, and how that scan relates to the
+    query (a group holds one part per support scan)."""
+
+    start: int  # the part's members are bank members start..stop-1
+    stop: int
+    frames: list[int]  # the part's support slices as frames of its support's stack, sorted
+    member_frames: np.ndarray  # (stop - start,) support frame of each member
+    corr: Correspondence | None  # its support's slice correspondence to the query
+    labelled: list[np.ndarray]  # per structure: its support's frames holding it
+    support: int = 0  # which support scan
+
+
+@dataclass
 class SupportGroup:
     """Structures that share support slice(s), with their bank on the query grid.
 
-    Object ``k`` of the group is ``entries[k]``; bank masks are (M, K, H, W).
+    Object ``k`` of the group is ``entries[k]``; bank masks are (M, K, H, W). ``parts``:
+    one per support scan whose members are in the bank.
     """
 
     slices: list[int]  # support slice index along the axis, in the support's own voxel grid
@@ -32,6 +47,7 @@ class SupportGroup:
     bank: Bank
     placement: list[dict] = field(default_factory=list)  # per slice: how it was placed
     labelled: list[np.ndarray] = field(default_factory=list)  # per structure: support frames
+    parts: list[GroupPart] = field(default_factory=list)
 
     @property
     def outputs(self) -> list[int]:
@@ -40,8 +56,7 @@ class SupportGroup:
     @property
     def member_frames(self) -> np.ndarray:
         """Support frame index of every bank member."""
-        to_frame = dict(zip(self.slices, self.frames))
-        return np.array([to_frame[s] for s in self.bank.source_slices])
+        return np.concatenate([p.member_frames for p in self.parts])
 
 
 def label_frames(label: SupportLabel, image: Volume, value: int, axis: str) -> np.ndarray:
@@ -113,8 +128,11 @@ def prepare_support(support: SupportScan, plan: LabelPlan, query: FrameStack,
         placed = [_slice_bank(how, f, [masks[e.support_value][f] for e in entries], bcfg,
                               int(src_index[f]), entries) for f in picked]
         b = Bank.concat([p[0] for p in placed])
+        to_frame = {int(src_index[f]): f for f in picked}
+        part = GroupPart(0, len(b), sorted(picked),
+                         np.array([to_frame[sl] for sl in b.source_slices]), corr, labelled)
         out.append(SupportGroup([int(src_index[f]) for f in picked], list(picked), entries, b,
-                                [p[1] for p in placed], labelled))
+                                [p[1] for p in placed], labelled, [part]))
     return out
 
 
@@ -169,17 +187,44 @@ def _build(p: _Placing, f: int, masks: list[np.ndarray], cfg: BankConfig, source
     return p.cache.get(key, build)
 
 
-def position_prior(group: SupportGroup, corr: Correspondence | None, n: int) -> np.ndarray | None:
-    """(n, M) added to the matching distances: members of other support slices than the
-    one nearest a frame's anatomical position are ruled out (None for one slice)."""
-    if len(group.frames) == 1:
+def position_prior(group: SupportGroup, n: int) -> np.ndarray | None:
+    """(n, M) added to the matching distances: per support scan, members of other support
+    slices than the one nearest a frame's anatomical position are ruled out (None for one
+    slice of one scan)."""
+    if len(group.parts) == 1 and len(group.parts[0].frames) == 1:
         return None
-    frames = np.asarray(group.frames, float)
-    if corr is not None and corr.usable and not np.isnan(corr.support_pos).all():
-        pos = np.where(np.isnan(corr.support_pos), np.nanmean(corr.support_pos),
-                       corr.support_pos)
-        nearest = np.argmin(np.abs(pos[:, None] - frames[None, :]), axis=1)
-    else:  # protocol: the query in equal chunks, one per support slice in order
-        nearest = np.minimum((np.arange(n) * len(frames)) // max(n, 1), len(frames) - 1)
-    member_slice = np.searchsorted(frames, group.member_frames)
-    return np.where(member_slice[None, :] == nearest[:, None], 0.0, 1e6).astype(np.float32)
+    prior = np.full((n, len(group.bank)), 1e6, np.float32)
+    for part in group.parts:
+        frames = np.asarray(part.frames, float)
+        corr = part.corr
+        if corr is not None and corr.usable and not np.isnan(corr.support_pos).all():
+            pos = np.where(np.isnan(corr.support_pos), np.nanmean(corr.support_pos),
+                           corr.support_pos)
+            nearest = np.argmin(np.abs(pos[:, None] - frames[None, :]), axis=1)
+        else:  # protocol: the query in equal chunks, one per support slice in order
+            nearest = np.minimum((np.arange(n) * len(frames)) // max(n, 1), len(frames) - 1)
+        member_slice = np.searchsorted(frames, part.member_frames)
+        prior[:, part.start:part.stop] = np.where(member_slice[None, :] == nearest[:, None],
+                                                  0.0, 1e6)
+    return prior
+
+
+def presence(group: SupportGroup, n: int, mode: str) -> np.ndarray:
+    """(n, K): per structure, the query frames where it is expected -- in any support scan's
+    correspondence (``auto``); every frame with ``off`` or without a correspondence."""
+    if mode == "off":
+        return np.ones((n, len(group.entries)), bool)
+    out = np.zeros((n, len(group.entries)), bool)
+    for part in group.parts:
+        if part.corr is None:
+            return np.ones((n, len(group.entries)), bool)
+        out |= np.stack([expected_frames(part.corr, lab) for lab in part.labelled], axis=1)
+    return out
+
+
+def insertion_frame(group: SupportGroup, n: int) -> int | None:
+    """Volume mode: the query frame the support slice corresponds to (one support scan with
+    a correspondence), else None (the best-matching pair decides)."""
+    if len(group.parts) != 1 or group.parts[0].corr is None or not group.parts[0].corr.usable:
+        return None
+    return counterpart(group.parts[0].corr, group.frames[len(group.frames) // 2], n)
