@@ -117,10 +117,12 @@ def _handled(fn):
         except typer.Exit:
             raise
         except KeyboardInterrupt as exc:
-            what = "terminated" if isinstance(exc, Terminated) else "interrupted"
-            typer.echo(f"medseg: {what}; no partial output was kept", err=True)
-            raise typer.Exit(EXIT_TERMINATED if isinstance(exc, Terminated)
-                             else EXIT_INTERRUPTED) from None
+            signum = getattr(exc, "signum", None)  # OutputsKept: the write was completed first
+            term = isinstance(exc, Terminated) or signum == signal.SIGTERM
+            kept = "the outputs were completed first and are whole" if signum is not None \
+                else "no partial output was kept"
+            typer.echo(f"medseg: {'terminated' if term else 'interrupted'}; {kept}", err=True)
+            raise typer.Exit(EXIT_TERMINATED if term else EXIT_INTERRUPTED) from None
         except MedsegError as exc:
             if STATE["verbose"]:
                 traceback.print_exc()

@@ -23,6 +23,7 @@ import logging
 import os
 import time
 import traceback
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -36,6 +37,7 @@ from ._lazy import lazy_import
 from .api import Segmenter
 from .config import CohortSpec, ModelConfig, OutputSpec, SegmentConfig, to_dict
 from .errors import CohortFailures, InputError, MedsegError, OutputError, UsageError
+from .export.transaction import recover
 from .io import IMAGE_SUFFIXES
 from .io.dicom import is_dicom
 from .io.nifti import check_complete
@@ -384,6 +386,8 @@ def prepare_cohort(job: Job, queries: Sequence[Path], list_files: Sequence[str] 
         raise UsageError("qc: in a cohort give a folder for the per-query pictures",
                          option="qc")
     export.check_output_dir(job.output.folder)
+    for line in recover(job.output.folder):  # a killed run's set undone before --resume looks
+        warnings.warn(line, stacklevel=2)
     stems = output_stems(queries)
     ref = job.cohort.ref
     refs = find_references(Path(ref), stems) if ref else {}

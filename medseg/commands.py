@@ -13,6 +13,7 @@ from .cohort import Job, expand_queries, run_cohort
 from .config import CohortSpec, ModelConfig, OutputSpec, SegmentConfig
 from .errors import InputError, UsageError
 from .export.dicom_seg import check_seg_sources
+from .export.transaction import recover
 from .labels import find_label_beside
 
 Say = Callable[[str], None]
@@ -77,6 +78,8 @@ def segment_one(seg: Segmenter, supports: list[Path], labels: list[Path], query:
                                 spec.report, spec.qc)
     for folder in {spec.folder, *(p.parent for p in paths.values())}:
         export.check_output_dir(folder)
+        for line in recover(folder):  # before checking what exists: a killed run undone
+            say(f"medseg: {line}")
     export.check_outputs(list(paths.values()), overwrite=spec.overwrite,
                          inputs=[*supports, *labels, target])
     one = len(supports) == 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from . import export
+from .export.transaction import recover
 from .frames import FrameStack
 from .io import Volume
 from .labels import LabelPlan
@@ -97,8 +99,10 @@ class Result:
         """
         export.prepare_output_dir(out_dir)
         paths = self.output_paths(out_dir, formats, stem, report, qc)
-        for p in paths.values():
-            export.prepare_output_dir(p.parent)
+        for folder in {p.parent for p in paths.values()}:
+            export.prepare_output_dir(folder)
+            for line in recover(folder):  # what a killed run left there
+                warnings.warn(line, stacklevel=2)
         inputs = [v["path"] for v in self.report.inputs.values() if v.get("path")]
         protected = export.input_files([*inputs, *protect])
         export.check_outputs(list(paths.values()), overwrite=overwrite, inputs=list(protected))

@@ -389,3 +389,73 @@ def test_dicom_seg_keeps_overlapping_segments(tmp_path, ct_dicom, capsys):
         r = subprocess.run(["dciodvfy", str(dcm)], capture_output=True, text=True)
         errors = [ln for ln in (r.stdout + r.stderr).splitlines() if ln.startswith("Error")]
         assert not errors, errors
+
+
+def _seg_of_type(series_dir, labels, path, kind, names=("liver", "spleen")):
+    """A DICOM-SEG of ``kind`` (LABELMAP, FRACTIONAL, BINARY) with one segment per value."""
+    import highdicom as hd
+    import pydicom
+    from highdicom.sr.coding import CodedConcept
+
+    files = read_image(series_dir).meta["dicom_file_list"]
+    src = [pydicom.dcmread(f) for f in files]
+    algo = hd.AlgorithmIdentificationSequence(name="test", version="1",
+                                              family=CodedConcept("123", "99X", "x"))
+    descs = [hd.seg.SegmentDescription(
+        segment_number=i + 1, segment_label=n,
+        segmented_property_category=CodedConcept("123037004", "SCT", "Anatomical Structure"),
+        segmented_property_type=CodedConcept(*{"liver": ("10200004", "SCT", "Liver"),
+                                               "spleen": ("78961009", "SCT", "Spleen")}[n]),
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC, algorithm_identification=algo)
+        for i, n in enumerate(names)]
+    arr = labels.astype(np.uint8)
+    if kind != "LABELMAP":
+        arr = np.stack([labels == i + 1 for i in range(len(names))], -1).astype(
+            np.float32 if kind == "FRACTIONAL" else np.uint8)
+    seg = hd.seg.Segmentation(src, arr, kind, descs, hd.UID(), 1, hd.UID(), 1, "t", "t", "1", "1")
+    seg.save_as(str(path))
+    return path
+
+
+@pytest.mark.parametrize("kind", ["LABELMAP", "FRACTIONAL", "BINARY"])
+def test_every_dicom_seg_type_as_support_label(tmp_path, ct_dicom, kind):
+    """DICOM-SEG read through highdicom: binary, fractional and labelmap segmentations,
+    their names and SNOMED codes carried as terminology."""
+    img = read_image(ct_dicom)
+    lab = np.zeros(img.shape, np.uint8)
+    lab[5:12, 200:300, 150:260] = 1
+    lab[8:14, 100:160, 300:380] = 2
+    got = read_support_label(_seg_of_type(ct_dicom, lab, tmp_path / "s.dcm", kind), img)
+    assert [s.name for s in got.segments.values()] == ["liver", "spleen"]
+    for v, s in got.segments.items():
+        np.testing.assert_array_equal(got.mask(v), lab == (1 if s.name == "liver" else 2))
+    assert "SCT^78961009^Spleen" in got.segments[2].terminology
+
+
+def test_dicom_labels_of_another_frame_or_malformed_are_refused(tmp_path, ct_dicom):
+    import pydicom
+
+    img = read_image(ct_dicom)
+    lab = np.zeros(img.shape, np.uint8)
+    lab[5:12, 200:300, 150:260] = 1
+    seg = _seg_of_type(ct_dicom, lab, tmp_path / "s.dcm", "BINARY", names=("liver",))
+    ds = pydicom.dcmread(seg)
+    ds.FrameOfReferenceUID = "1.2.3.4.5.6.7"
+    ds.save_as(tmp_path / "other.dcm")
+    with pytest.raises(InputError, match="another frame of reference"):
+        read_support_label(tmp_path / "other.dcm", img)
+    rt = pydicom.dcmread(_rtstruct(ct_dicom, img, tmp_path / "rt.dcm"))
+    rt.ROIContourSequence[0].ContourSequence[0].ContourData = ["1", "2", "3", "4"]
+    rt.save_as(tmp_path / "bad_contour.dcm")
+    with pytest.raises(InputError, match="ContourData holds 4 numbers"):
+        read_support_label(tmp_path / "bad_contour.dcm", img)
+    rt = pydicom.dcmread(tmp_path / "rt.dcm")
+    rt.StructureSetROISequence.append(rt.StructureSetROISequence[0])
+    rt.save_as(tmp_path / "dup.dcm")
+    with pytest.raises(InputError, match="ROINumber 3 is used by two"):
+        read_support_label(tmp_path / "dup.dcm", img)
+    rt = pydicom.dcmread(tmp_path / "rt.dcm")
+    rt.StructureSetROISequence[0].ROIName = "GTV\nSegment0_LabelValue:=9"
+    rt.save_as(tmp_path / "name.dcm")
+    with pytest.raises(InputError, match="ROIName.*control character"):
+        read_support_label(tmp_path / "name.dcm", img)

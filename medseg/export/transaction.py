@@ -14,6 +14,7 @@ import json
 import os
 import signal
 import tempfile
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -34,19 +35,30 @@ def _explain_runtime_error(path: Path, exc: RuntimeError) -> OutputError:
     return OutputError(f"{path}: cannot write ({str(exc).splitlines()[0]})")
 
 
+HELD = (signal.SIGINT, signal.SIGTERM)
+
+
 @contextlib.contextmanager
-def _signals_held() -> Iterator[None]:
-    """Hold Ctrl-C and SIGTERM back while files are moved into place (POSIX main thread)."""
-    sigs = {signal.SIGINT, signal.SIGTERM}
-    try:
-        old = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
-    except (AttributeError, ValueError, OSError):
+def _signals_held(caught: list[int]) -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM back while files are moved into place: their handlers are
+    replaced by one that only notes the signal in ``caught`` (a process-directed signal
+    may land on any thread, so masking one thread is not enough). Python delivers signals
+    to the main thread only, so a publish in another thread is never interrupted."""
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
+
+    def note(signum, frame) -> None:
+        caught.append(signum)
+
+    old = {s: signal.getsignal(s) for s in HELD}
+    for s in HELD:
+        signal.signal(s, note)
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        for s, handler in old.items():
+            signal.signal(s, handler)
 
 
 @contextlib.contextmanager
@@ -67,28 +79,112 @@ def _folder_lock(folders: Sequence[Path]) -> Iterator[None]:
             os.close(fd)  # closing releases the lock
 
 
+class OutputsKept(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM arrived while outputs were being put in place: the transaction was
+    completed first, so the outputs are whole (``signum``: which signal)."""
+
+    def __init__(self, signum: int, paths: list[Path]):
+        super().__init__(f"signal {signum} while writing {len(paths)} outputs")
+        self.signum, self.paths = signum, paths
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process: alive
+        return True
+    return True
+
+
+def _owner(name: str) -> int | None:
+    """The pid in a ``.medseg-<pid>-...`` name (None for other names)."""
+    parts = name.split("-")
+    return int(parts[1]) if len(parts) > 2 and parts[0] == ".medseg" and \
+        parts[1].isdigit() else None
+
+
+def recover(folder: Path) -> list[str]:
+    """Finish or undo what a killed medseg run left in ``folder``: a journal of a publish
+    that was moving files is rolled back (the previous outputs restored, new ones removed),
+    one that had finished is cleaned up, and stray temporary files and backups of dead runs
+    are removed. Returns what was done, one line each."""
+    done: list[str] = []
+    if not folder.is_dir():
+        return done
+    for journal in sorted(folder.glob(".medseg-*.journal")):
+        pid = _owner(journal.name)
+        if pid is None or _alive(pid):
+            continue
+        done += _replay(journal)
+    for f in sorted(folder.glob(".medseg-*")):
+        pid = _owner(f.name)
+        if pid is not None and not _alive(pid) and f.is_file() and \
+                (".part" in f.name or f.name.endswith(".bak")):
+            with contextlib.suppress(OSError):
+                f.unlink()
+                done.append(f"removed {f.name}, left by an interrupted run")
+    return done
+
+
+def _replay(journal: Path) -> list[str]:
+    try:
+        rec = json.loads(journal.read_text(encoding="utf-8"))
+        moves = [(Path(m["tmp"]), Path(m["dst"]), Path(m["backup"]) if m["backup"] else None)
+                 for m in rec["moves"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    out = []
+    if rec.get("state") == "moving":  # killed half-way: put the previous set back
+        for tmp, dst, backup in reversed(moves):
+            if backup is not None and backup.exists():
+                os.replace(backup, dst)
+                out.append(f"restored {dst.name} as it was before an interrupted run")
+            elif backup is None and dst.exists() and not tmp.exists():
+                dst.unlink()
+                out.append(f"removed {dst.name}, part of an interrupted run's incomplete set")
+    for tmp, _, backup in moves:
+        for f in (tmp, backup):
+            if f is not None:
+                with contextlib.suppress(OSError):
+                    f.unlink()
+    with contextlib.suppress(OSError):
+        journal.unlink()
+    return out
+
+
 class OutputTransaction:
     """All-or-nothing writing of several files (the only way medseg writes outputs).
 
     ``add(path, writer)`` calls ``writer(tmp)`` on a hidden temporary file beside ``path``.
-    Leaving the ``with`` block without error moves every file into place; with
-    ``overwrite=False`` a destination that appeared meanwhile (another run) is a conflict.
-    On any error, Ctrl-C or SIGTERM, temporaries are removed and replaced files restored.
+    Leaving the ``with`` block without error moves every file into place: under a lock on
+    the folders, with Ctrl-C and SIGTERM held back until it is done, and with a journal
+    beside the outputs so that a run killed half-way is undone by the next run in that
+    folder (:func:`recover`). With ``overwrite=False`` a destination that appeared meanwhile
+    is a conflict. On any error temporaries are removed and replaced files restored; a
+    protected path (an input of the run) is never replaced.
     """
 
     def __init__(self, overwrite: bool = True, protected: frozenset[Path] = frozenset()) -> None:
         self.overwrite = overwrite
         self.protected = protected  # inputs of the run: never replaced, whatever is asked
         self._staged: list[tuple[Path, Path]] = []
+        self._token = f"{os.getpid()}-{os.urandom(4).hex()}"
 
     def __enter__(self) -> OutputTransaction:
         return self
 
     def add(self, path: str | os.PathLike, writer: Callable[[Path], object]) -> Path:
+        """Write ``path``'s content now (to a temporary file); it is put in place when the
+        transaction ends without error."""
         path = Path(path)
         suffix = "".join(path.suffixes[-2:])[-16:] or ".tmp"
         try:
-            fd, tmp = tempfile.mkstemp(prefix=".medseg-", suffix=f".part{suffix}", dir=path.parent)
+            fd, tmp = tempfile.mkstemp(prefix=f".medseg-{os.getpid()}-", suffix=f".part{suffix}",
+                                       dir=path.parent)
             os.close(fd)
         except OSError as exc:
             raise explain_os_error(path, exc) from exc
@@ -112,44 +208,77 @@ class OutputTransaction:
             self._staged.clear()
 
     def _publish(self) -> None:
-        done: list[tuple[Path, Path | None]] = []  # (destination, backup of what it replaced)
-        with _signals_held(), _folder_lock([d.parent for _, d in self._staged]):
-            try:
-                for tmp, dst in self._staged:
-                    done.append((dst, self._move(tmp, dst)))
-            except BaseException:
-                for dst, backup in reversed(done):
-                    with contextlib.suppress(FileNotFoundError):
-                        dst.unlink()
-                    if backup is not None:
-                        os.replace(backup, dst)
-                raise
-            for _, backup in done:
-                if backup is not None:
-                    backup.unlink()
+        if not self._staged:
+            return
+        caught: list[int] = []
+        try:
+            with _signals_held(caught), _folder_lock([d.parent for _, d in self._staged]):
+                self._publish_locked()
+        except BaseException:
+            if caught:  # the publish was undone: let the signal do what it does
+                signal.raise_signal(caught[0])
+            raise
+        if caught:
+            raise OutputsKept(caught[0], [d for _, d in self._staged])
 
-    def _move(self, tmp: Path, dst: Path) -> Path | None:
+    def _publish_locked(self) -> None:
+        moves = [(tmp, dst, dst.with_name(f".medseg-{self._token}-{i}.bak"))
+                 for i, (tmp, dst) in enumerate(self._staged)]
+        journal = self._staged[0][1].with_name(f".medseg-{self._token}.journal")
+        self._journal(journal, moves, "moving")
+        done: list[tuple[Path, Path | None]] = []  # (destination, backup of what it replaced)
+        try:
+            for tmp, dst, backup in moves:
+                done.append((dst, self._move(tmp, dst, backup)))
+        except BaseException:
+            for dst, backup in reversed(done):
+                with contextlib.suppress(FileNotFoundError):
+                    dst.unlink()
+                if backup is not None:
+                    os.replace(backup, dst)
+            journal.unlink(missing_ok=True)
+            raise
+        self._journal(journal, moves, "done")
+        for _, backup in done:
+            if backup is not None:
+                backup.unlink()
+        journal.unlink(missing_ok=True)
+
+    @staticmethod
+    def _journal(path: Path, moves: list[tuple[Path, Path, Path]], state: str) -> None:
+        """What is being moved where, durable before the first move (for :func:`recover`)."""
+        tmp = path.with_name(path.name + ".tmp")
+        text = json.dumps({"pid": os.getpid(), "state": state, "moves": [
+            {"tmp": str(t), "dst": str(d.absolute()), "backup": str(b.absolute())}
+            for t, d, b in moves]})
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+
+    def _move(self, tmp: Path, dst: Path, backup: Path) -> Path | None:
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
-        backup = None
         if _resolve(dst, strict=False) in self.protected:
             raise OutputError(f"{dst}: would replace an input of this run; nothing was written")
+        kept = None
         if dst.exists() or dst.is_symlink():
             if dst.is_dir():
                 raise OutputError(f"{dst}: is a folder; an output file cannot replace it")
             if not self.overwrite:
                 raise OutputError(f"{dst}: appeared while this run was working (another medseg "
                                   "run writing the same outputs?); nothing was written")
-            backup = dst.with_name(f".medseg-{os.getpid()}-{dst.name[-40:]}.bak")
             os.replace(dst, backup)
+            kept = backup
         try:
             os.replace(tmp, dst)
         except OSError as exc:
-            if backup is not None:
-                os.replace(backup, dst)
+            if kept is not None:
+                os.replace(kept, dst)
             raise explain_os_error(dst, exc) from exc
-        return backup
+        return kept
 
 
 def write_atomic(path: str | os.PathLike, writer: Callable[[Path], object],

@@ -133,6 +133,7 @@ def read_image(path: str | os.PathLike, *, series: str | None = None, name: str 
         raise InputError(_explain_read_error(p, "", name))
     img, meta, nonfinite = io.read(p, series, name)
     img = _as_3d(img, p, name, meta)
+    _check_geometry(img, p, name)
     _check_direction(np.array(img.GetDirection()).reshape(3, 3), str(p))
     vol = Volume.from_sitk(img, path=str(p), **meta)
     if nonfinite is not None:
@@ -156,6 +157,26 @@ def _itk_read(p: Path, name: str):
         raise InputError(_explain_read_error(p, str(exc), name)) from exc
 
 
+SPACING_MM = (1e-3, 1e4)  # voxel sizes outside this are a broken header, not a scan
+
+
+def _check_geometry(img, p: Path, name: str) -> None:
+    """Refuse geometry no scan has: non-finite numbers, absurd voxel sizes, complex voxels."""
+    if "complex" in img.GetPixelIDTypeAsString().lower():
+        raise InputError(f"{name} {p}: holds complex-valued voxels; medseg needs a real-valued "
+                         "(magnitude) image")
+    for what, values in (("spacing", img.GetSpacing()), ("origin", img.GetOrigin()),
+                         ("direction", img.GetDirection())):
+        if not np.all(np.isfinite(values)):
+            raise InputError(f"{name} {p}: its {what} holds NaN or infinity "
+                             f"({', '.join(f'{v:g}' for v in values)}); fix the header")
+    lo, hi = SPACING_MM
+    bad = [s for s in img.GetSpacing() if not lo <= s <= hi]
+    if bad:
+        raise InputError(f"{name} {p}: voxel spacing {', '.join(f'{s:g}' for s in img.GetSpacing())}"
+                         f" mm is outside {lo:g}-{hi:g} mm; the header's pixel size is broken")
+
+
 def _check_direction(direction: np.ndarray, path: str) -> None:
     if not np.allclose(direction.T @ direction, np.eye(3), atol=ORTHONORMAL_TOL):
         raise InputError(
@@ -167,6 +188,9 @@ def _check_direction(direction: np.ndarray, path: str) -> None:
 
 def _as_3d(img, p: Path, name: str, meta: dict[str, Any]):
     """A scalar 3D image (a 4D image with one volume is squeezed), or a clear error."""
+    if "complex" in img.GetPixelIDTypeAsString().lower():
+        raise InputError(f"{name} {p}: holds complex-valued voxels; medseg needs a real-valued "
+                         "(magnitude) image")
     if img.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(f"{name} {p}: has {img.GetNumberOfComponentsPerPixel()} components "
                          "per voxel (RGB or vector image); medseg needs a scalar (grey-value) "

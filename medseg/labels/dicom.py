@@ -16,11 +16,13 @@ from .._lazy import lazy_import
 from ..errors import InputError
 from ..io import Volume
 from ..io.dicom import read_dataset
-from .plan import SegmentInfo
-from .support import SupportLabel
+from . import terminology
+from .plan import SegmentInfo, label_name
+from .support import SupportLabel, on_image_grid
 
 mpl_path = lazy_import("matplotlib.path")
 hd_color = lazy_import("highdicom.color")
+hd_seg = lazy_import("highdicom.seg")
 
 
 def _single_file(path: Path) -> Path:
@@ -34,32 +36,61 @@ def read_label(path: Path, kind: str, image: Volume, name: str) -> SupportLabel:
 
 
 def _read_seg(path: Path, image: Volume, name: str) -> SupportLabel:
-    """Each segment's frames are placed by their position into the image grid."""
-    ds = read_dataset(path, stop=False)
+    """A DICOM-SEG of any type (BINARY, FRACTIONAL, LABELMAP) read through highdicom, each
+    segment on the image grid (an exact sub-grid is embedded; another grid is refused)."""
     try:
-        pixels = ds.pixel_array
+        seg = hd_seg.segread(str(path))
     except Exception as exc:
-        raise InputError(f"{name} {path}: cannot decode the DICOM-SEG pixel data ({exc})") from exc
-    pixels = pixels.reshape(-1, *pixels.shape[-2:])
+        raise InputError(f"{name} {path}: cannot read as a DICOM-SEG ({_first_line(exc)})") from exc
+    _same_frame(seg, image, path, name)
+    numbers = list(seg.segment_numbers)
+    try:
+        vol = seg.get_volume(segment_numbers=numbers, combine_segments=False,
+                             rescale_fractional=True, allow_missing_positions=True)
+    except Exception as exc:
+        raise InputError(f"{name} {path}: its frames do not form one volume "
+                         f"({_first_line(exc)})") from exc
     layers, segments, where = [], {}, {}
-    for desc in ds.SegmentSequence:
-        n = int(desc.SegmentNumber)
-        layers.append(np.zeros(image.shape, np.uint8))
-        label = str(getattr(desc, "SegmentLabel", f"segment {n}"))
-        segments[n] = SegmentInfo(n, label, _seg_colour(desc), None, f"Segment_{n}")
+    for k, n in enumerate(numbers):
+        arr = vol.array[..., k] if vol.array.ndim == 4 else vol.array
+        grid = _volume(np.asarray(arr) > 0.5, np.asarray(vol.affine, float), path)
+        placed, _ = on_image_grid(grid, image, False, name)
+        layers.append(placed.array.astype(np.uint8))
+        desc = seg.get_segment_description(n)
+        label = label_name(getattr(desc, "SegmentLabel", f"segment {n}"),
+                           f"{path}: segment {n} SegmentLabel")
+        term = terminology.from_dicom(desc)
+        segments[n] = SegmentInfo(n, label, _seg_colour(desc),
+                                  term.slicer() if term else None, f"Segment_{n}")
         where[n] = (len(layers) - 1, 1)
-    index_of = {n: where[n][0] for n in where}
-    shared = ds.SharedFunctionalGroupsSequence[0]
-    for fi, frame in enumerate(ds.PerFrameFunctionalGroupsSequence):
-        ident = frame if "SegmentIdentificationSequence" in frame else shared
-        seg_n = int(ident.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
-        plane = frame if "PlanePositionSequence" in frame else shared
-        pos = [float(v) for v in plane.PlanePositionSequence[0].ImagePositionPatient]
-        k = _slice_of(image, pos, path, name)
-        if seg_n in index_of and 0 <= k < image.shape[0]:
-            layers[index_of[seg_n]][k] |= (pixels[fi] > 0).astype(np.uint8)
-    _check_in_plane(ds, image, path, name)
     return _nonempty(SupportLabel(layers, segments, where, str(path), "dicom-seg", []), path, name)
+
+
+def _volume(mask: np.ndarray, affine: np.ndarray, path: Path) -> Volume:
+    """A highdicom volume (slice, row, column axes; LPS affine) as a medseg Volume: its
+    array is already (z, y, x) with x the column."""
+    cols = affine[:3, :3]  # columns: world step of slice, row, column index
+    spacing = np.linalg.norm(cols, axis=0)
+    direction = np.stack([cols[:, 2] / spacing[2], cols[:, 1] / spacing[1],
+                          cols[:, 0] / spacing[0]], axis=1)
+    return Volume(mask.astype(np.uint8), (spacing[2], spacing[1], spacing[0]),
+                  tuple(affine[:3, 3]), direction, path=str(path))
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+
+
+def _same_frame(ds, image: Volume, path: Path, name: str) -> None:
+    """A DICOM label of another frame of reference than its (DICOM) image is refused."""
+    mine = image.meta.get("dicom_frame_of_reference")
+    theirs = str(getattr(ds, "FrameOfReferenceUID", "") or "")
+    if not theirs:  # RTSTRUCT: in its referenced frame of reference
+        refs = getattr(ds, "ReferencedFrameOfReferenceSequence", None) or []
+        theirs = str(getattr(refs[0], "FrameOfReferenceUID", "") or "") if refs else ""
+    if mine and theirs and mine != theirs:
+        raise InputError(f"{name} {path}: belongs to another frame of reference ({theirs}) "
+                         f"than the support image ({mine}); give the label of this scan")
 
 
 def _seg_colour(desc) -> tuple[int, int, int] | None:
@@ -73,50 +104,49 @@ def _seg_colour(desc) -> tuple[int, int, int] | None:
         return None
 
 
-def _slice_of(image: Volume, pos: list[float], path: Path, name: str) -> int:
-    """Array z index of the image slice a frame at ``pos`` (LPS mm) lies on."""
-    idx = np.linalg.solve(image.direction * np.asarray(image.spacing), np.asarray(pos) -
-                          np.asarray(image.origin))
-    if not np.allclose(idx[:2], np.round(idx[:2]), atol=1e-2) or \
-            not np.isclose(idx[2], round(idx[2]), atol=1e-2):
-        raise InputError(f"{name} {path}: its frames do not lie on the support image's slices "
-                         "(a segmentation of another series?)")
-    return int(round(idx[2]))
-
-
-def _check_in_plane(ds, image: Volume, path: Path, name: str) -> None:
-    shared = ds.SharedFunctionalGroupsSequence[0]
-    iop = [float(v) for v in shared.PlaneOrientationSequence[0].ImageOrientationPatient]
-    sp = [float(v) for v in shared.PixelMeasuresSequence[0].PixelSpacing]
-    ok = (np.allclose(iop[:3], image.direction[:, 0], atol=1e-3)
-          and np.allclose(iop[3:], image.direction[:, 1], atol=1e-3)
-          and np.allclose(sp[::-1], image.spacing[:2], rtol=1e-4)
-          and (int(ds.Rows), int(ds.Columns)) == image.shape[1:])
-    if not ok:
-        raise InputError(f"{name} {path}: the DICOM-SEG grid is not the support image's grid "
-                         "(orientation, pixel spacing or size differ)")
-
-
 def _read_rtstruct(path: Path, image: Volume, name: str) -> SupportLabel:
-    """Fill each ROI's closed planar contours on the slices they lie on."""
+    """Fill each ROI's closed planar contours on the slices they lie on; names, colours and
+    interpreted types kept; malformed contours and duplicate ROI numbers refused."""
     ds = read_dataset(path, stop=False)
-    names = {int(r.ROINumber): str(r.ROIName) for r in getattr(ds, "StructureSetROISequence", [])}
+    _same_frame(ds, image, path, name)
+    numbers = [int(r.ROINumber) for r in getattr(ds, "StructureSetROISequence", [])]
+    dup = sorted({n for n in numbers if numbers.count(n) > 1})
+    if dup:
+        raise InputError(f"{name} {path}: ROINumber {dup[0]} is used by two ROIs in "
+                         "StructureSetROISequence; each ROI needs its own number")
+    names = {int(r.ROINumber): label_name(r.ROIName, f"{path}: ROINumber {r.ROINumber} ROIName")
+             for r in getattr(ds, "StructureSetROISequence", [])}
+    kinds = {int(o.ReferencedROINumber): str(getattr(o, "RTROIInterpretedType", "") or "")
+             for o in getattr(ds, "RTROIObservationsSequence", [])}
     layers, segments, where = [], {}, {}
     for roi in getattr(ds, "ROIContourSequence", []):
         n = int(roi.ReferencedROINumber)
         mask = np.zeros(image.shape, bool)
-        for c in getattr(roi, "ContourSequence", []):
+        for i, c in enumerate(getattr(roi, "ContourSequence", [])):
             if str(getattr(c, "ContourGeometricType", "CLOSED_PLANAR")) != "CLOSED_PLANAR":
                 continue
-            pts = np.asarray(c.ContourData, float).reshape(-1, 3)
-            _fill_contour(mask, image, pts, path, name)
+            data = np.asarray(getattr(c, "ContourData", []), float)
+            if data.size < 9 or data.size % 3 or not np.isfinite(data).all():
+                raise InputError(f"{name} {path}: ROI {n} contour {i} ContourData holds "
+                                 f"{data.size} numbers; a closed contour needs 3 or more "
+                                 "(x, y, z) points")
+            _fill_contour(mask, image, data.reshape(-1, 3), path, name)
         colour = getattr(roi, "ROIDisplayColor", None)
         layers.append(mask.astype(np.uint8))
-        segments[n] = SegmentInfo(n, names.get(n, f"ROI {n}"),
-                                  tuple(int(v) for v in colour) if colour else None, None,
+        label = names.get(n, f"ROI {n}")
+        segments[n] = SegmentInfo(n, label, _rt_colour(colour),
+                                  terminology.from_rt_type(kinds.get(n), label).slicer(),
                                   f"ROI_{n}")
         where[n] = (len(layers) - 1, 1)
     return _nonempty(SupportLabel(layers, segments, where, str(path), "rtstruct", []), path, name)
+
+
+def _rt_colour(colour) -> tuple[int, int, int] | None:
+    try:
+        rgb = tuple(int(v) for v in colour) if colour else None
+    except (TypeError, ValueError):
+        return None
+    return rgb if rgb and len(rgb) == 3 and all(0 <= c <= 255 for c in rgb) else None
 
 
 def _fill_contour(mask: np.ndarray, image: Volume, pts: np.ndarray, path: Path, name: str) -> None:

@@ -20,11 +20,15 @@ nrrd = lazy_import("nrrd", install="pip install pynrrd")
 
 
 def is_slicer_seg(p: Path) -> bool:
+    """A NRRD whose header holds Slicer's segmentation fields (read as bytes, so a file
+    whose header is broken is still recognised and refused with a clear message)."""
     try:
-        header = nrrd.read_header(str(p))
-    except Exception:
+        with open(p, "rb") as fh:
+            head = fh.read(1 << 16).split(b"\n\n", 1)[0]
+    except OSError:
         return False
-    return "Segment0_ID" in header or "Segmentation_MasterRepresentation" in header
+    return head.startswith(b"NRRD") and (b"Segment0_ID:=" in head
+                                         or b"Segmentation_MasterRepresentation" in head)
 
 
 def read_slicer_seg(p: Path, image: Volume, resample: bool, name: str) -> SupportLabel:

@@ -90,6 +90,9 @@ def on_image_grid(label: Volume, image: Volume, resample: bool, name: str
     diffs = same_geometry(image, label)
     if not diffs:
         return label, None
+    label = align_axes(label, image)
+    if not same_geometry(image, label):
+        return label, "stored with reversed axes; reordered (exact)"
     offset = subgrid_offset(label, image)
     if offset is not None:
         return embed(label, image, offset), f"cropped grid embedded at voxel offset {offset}"
@@ -103,6 +106,22 @@ def on_image_grid(label: Volume, image: Volume, resample: bool, name: str
     res = sitk.Resample(src.to_sitk(), image.to_sitk(), sitk.Transform(),
                         sitk.sitkNearestNeighbor, 0)
     return Volume.from_sitk(res, path=label.path), "resampled onto the image grid (nearest)"
+
+
+def align_axes(label: Volume, image: Volume) -> Volume:
+    """``label`` with each index axis that runs opposite to the image's reversed (its voxels
+    and their positions unchanged; an exact reordering)."""
+    arr, origin, direction = label.array, np.asarray(label.origin, float), label.direction.copy()
+    for a in range(3):  # ITK axis a is array axis 2 - a
+        if float(direction[:, a] @ image.direction[:, a]) < -0.999:
+            n = label.shape[2 - a]
+            origin = origin + direction[:, a] * label.spacing[a] * (n - 1)
+            direction[:, a] = -direction[:, a]
+            arr = np.flip(arr, axis=2 - a)
+    if arr is label.array:
+        return label
+    return Volume(np.ascontiguousarray(arr), label.spacing, tuple(origin), direction,
+                  path=label.path, meta=dict(label.meta))
 
 
 def subgrid_offset(label: Volume, image: Volume) -> tuple[int, int, int] | None:

@@ -1,0 +1,211 @@
+"""Reliability, round three: publishing under signals and kills, names and fields from
+files, malformed inputs, memory, blocking reads, resume, summaries, Ray."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from conftest import TRANSFER, phantom, run_cli, write_case
+
+from medseg.errors import EXIT_INPUT, EXIT_INTERRUPTED, EXIT_TERMINATED
+from medseg.io import Volume, write_image
+
+run = run_cli
+
+
+@pytest.fixture
+def case(tmp_path):
+    return write_case(tmp_path)
+
+
+def _digests(folder):
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def _segment_in_subprocess(case, out, hook: str, extra=()):
+    """medseg segment in a fresh process, with ``hook`` run on the n-th os.replace of a
+    publish (the moment outputs are being put in place)."""
+    args = ["segment", "-s", case["s"], "-l", case["l"], "-i", case["q"], "-o", out,
+            "--format", "seg.nrrd,nifti,itk-snap", *TRANSFER, *extra]
+    code = textwrap.dedent(f"""
+        import os, signal, sys
+        import medseg.cli as cli
+        real, calls = os.replace, [0]
+        def replace(a, b):
+            real(a, b)
+            if ".medseg-" in str(a) and ".part" in str(a):
+                calls[0] += 1
+                {hook}
+        os.replace = replace
+        signal.signal(signal.SIGTERM, cli._on_sigterm)
+        sys.exit(cli.main({[str(x) for x in args]!r}))
+    """)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300)
+
+
+@pytest.mark.parametrize("sig, code_, word", [(signal.SIGTERM, EXIT_TERMINATED, "terminated"),
+                                              (signal.SIGINT, EXIT_INTERRUPTED, "interrupted")])
+def test_2_signal_during_publishing_completes_the_set(tmp_path, case, sig, code_, word):
+    """A signal just after the first output is in place: the publish completes (signals
+    are held back), every output is whole, no backup or temporary is left, and the message
+    says so."""
+    out = tmp_path / "o"
+    r = _segment_in_subprocess(case, out, f"calls[0] == 1 and os.kill(os.getpid(), {int(sig)})")
+    assert r.returncode == code_, r.stderr
+    assert f"{word}; the outputs were completed first" in r.stderr
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["q.seg.nrrd", "q_itksnap.txt", "q_labels.ctbl", "q_labels.nii.gz",
+                     "q_report.json"], names
+
+
+def test_2_signal_during_an_overwrite_leaves_no_backup(tmp_path, case, capsys):
+    out = tmp_path / "o"
+    code, _, err = run(["segment", "-s", case["s"], "-l", case["l"], "-i", case["q"], "-o", out,
+                        "--format", "seg.nrrd,nifti,itk-snap", *TRANSFER], capsys)
+    assert code == 0, err
+    r = _segment_in_subprocess(case, out, "calls[0] == 2 and os.kill(os.getpid(), 15)",
+                               ["--overwrite", "--seed", "3"])
+    assert r.returncode == EXIT_TERMINATED, r.stderr
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+
+
+def test_3_sigkill_during_an_overwrite_is_undone_by_the_next_run(tmp_path, case, capsys):
+    """Killed after two of five outputs were replaced: a mixed set on disk. The next run in
+    that folder restores the last complete set before it looks at anything."""
+    out = tmp_path / "o"
+    base = ["segment", "-s", case["s"], "-l", case["l"], "-i", case["q"], "-o", out,
+            "--format", "seg.nrrd,nifti,itk-snap", *TRANSFER]
+    code, _, err = run(base, capsys)
+    assert code == 0, err
+    before = _digests(out)
+    r = _segment_in_subprocess(case, out, "calls[0] == 2 and os.kill(os.getpid(), 9)",
+                               ["--overwrite", "--seed", "3"])
+    assert r.returncode == -signal.SIGKILL
+    assert any(p.name.endswith(".journal") for p in out.iterdir())  # it was killed mid-way
+    code, _, err = run([*base, "--resume"], capsys)  # any run in the folder recovers
+    assert "restored" in err
+    after = _digests(out)
+    assert {k: after[k] for k in before} == before  # the last complete set, whole
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+
+
+def test_3_leftover_temporaries_of_dead_runs_are_removed(tmp_path, case, capsys):
+    out = tmp_path / "o"
+    out.mkdir()
+    dead = 2 ** 22 + 12345  # no such process
+    stray = [out / f".medseg-{dead}-abc.part.nii.gz", out / f".medseg-{dead}-x-0.bak"]
+    for p in stray:
+        p.write_bytes(b"left behind")
+    mine = out / f".medseg-{os.getpid()}-live.part.nii.gz"  # a live run's: untouched
+    mine.write_bytes(b"in use")
+    code, _, err = run(["segment", "-s", case["s"], "-l", case["l"], "-i", case["q"], "-o", out,
+                        *TRANSFER], capsys)
+    assert code == 0, err
+    assert not any(p.exists() for p in stray) and mine.exists()
+    assert "removed" in err
+
+
+@pytest.mark.parametrize("name", ["liver\rSegment0_LabelValue:=9", "a\x00b", "a\x0bb",
+                                  "a\x1b[31mred", "liver\nx"])
+def test_4_names_from_label_files_are_checked(tmp_path, case, capsys, name):
+    """A segment name with control characters in a .seg.nrrd is refused with one line
+    naming the file and field; the terminal never sees the raw characters."""
+    from medseg.export.seg_nrrd import seg_nrrd
+    from medseg.io import read_image
+    from medseg.labels import make_plan
+    from medseg.labels.plan import SegmentInfo
+
+    img = read_image(case["s"])
+    lab = read_image(case["l"])
+    path = tmp_path / "bad.seg.nrrd"
+    seg_nrrd(lab.array, img, make_plan({1: SegmentInfo(1, "x"), 2: SegmentInfo(2, "y")}), path)
+    raw = path.read_bytes().replace(b"Segment0_Name:=x", b"Segment0_Name:=" + name.encode())
+    path.write_bytes(raw)
+    code, _, err = run(["segment", "-s", case["s"], "-l", path, "-i", case["q"], "-o",
+                        tmp_path / "o", *TRANSFER], capsys)
+    assert code == EXIT_INPUT, err
+    if "\n" in name:  # the header itself is broken at the name
+        assert "cannot read the Slicer segmentation" in err
+    else:
+        assert "Segment0_Name" in err and "control character" in err
+    assert "\x1b" not in err and "\r" not in err and "\x00" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_4_rtstruct_roi_names_are_checked(tmp_path):
+    from medseg.errors import InputError
+    from medseg.labels.plan import label_name
+
+    with pytest.raises(InputError, match="ROIName"):
+        label_name("GTV\nx", "rt.dcm: ROIName")
+
+
+@pytest.mark.parametrize("field, value, text", [
+    ("LabelValue", "abc", "not an integer"), ("LabelValue", "1.5", "not an integer"),
+    ("LabelValue", "0", "background"), ("Color", "nan nan nan", "0 to 1"),
+    ("Color", "red", "0 to 1"), ("Layer", "3", "layer"), ("Layer", "-1", "layer")])
+def test_5_8_malformed_segment_fields(tmp_path, case, capsys, field, value, text):
+    from medseg.export.seg_nrrd import seg_nrrd
+    from medseg.io import read_image
+    from medseg.labels import make_plan
+    from medseg.labels.plan import SegmentInfo
+
+    img = read_image(case["s"])
+    path = tmp_path / "bad.seg.nrrd"
+    seg_nrrd(read_image(case["l"]).array, img, make_plan({1: SegmentInfo(1, "a"),
+                                                          2: SegmentInfo(2, "b")}), path)
+    lines = path.read_bytes().split(b"\n")
+    key = f"Segment0_{field}:=".encode()
+    lines = [ln if not ln.startswith(key) else key + value.encode() for ln in lines]
+    path.write_bytes(b"\n".join(lines))
+    code, _, err = run(["segment", "-s", case["s"], "-l", path, "-i", case["q"], "-o",
+                        tmp_path / "o", *TRANSFER], capsys)
+    assert code == EXIT_INPUT and f"Segment0_{field}" in err and text in err, err
+
+
+def test_8_gap_and_duplicate_names_in_a_segmentation(tmp_path, case, capsys):
+    from medseg.export.seg_nrrd import seg_nrrd
+    from medseg.io import read_image
+    from medseg.labels import make_plan
+    from medseg.labels.plan import SegmentInfo
+
+    img = read_image(case["s"])
+    path = tmp_path / "s.seg.nrrd"
+    seg_nrrd(read_image(case["l"]).array, img, make_plan({1: SegmentInfo(1, "a"),
+                                                          2: SegmentInfo(2, "b")}), path)
+    raw = path.read_bytes()
+    gap = tmp_path / "gap.seg.nrrd"
+    gap.write_bytes(raw.replace(b"Segment1_", b"Segment2_"))
+    code, _, err = run(["segment", "-s", case["s"], "-l", gap, "-i", case["q"], "-o",
+                        tmp_path / "o", *TRANSFER], capsys)
+    assert code == EXIT_INPUT and "gap in the segment numbering" in err, err
+    dup = tmp_path / "dup.seg.nrrd"
+    dup.write_bytes(raw.replace(b"Segment1_Name:=b", b"Segment1_Name:=A"))
+    code, _, err = run(["segment", "-s", case["s"], "-l", dup, "-i", case["q"], "-o",
+                        tmp_path / "o", *TRANSFER], capsys)
+    assert code == EXIT_INPUT and "two segments are named" in err, err
+
+
+def test_5_complex_and_tiny_spacing_nifti_are_refused(tmp_path, case, capsys):
+    import nibabel as nib
+
+    img = nib.Nifti1Image(np.ones((8, 8, 8), np.complex64), np.eye(4))
+    nib.save(img, tmp_path / "c.nii.gz")
+    code, _, err = run(["segment", "-s", case["s"], "-l", case["l"], "-i", tmp_path / "c.nii.gz",
+                        "-o", tmp_path / "o", *TRANSFER], capsys)
+    assert code == EXIT_INPUT and "complex" in err, err
+    for sp in (1e-30, 1e30):
+        vol, _ = phantom(shape=(8, 20, 24), seed=1)
+        write_image(Volume(vol.array, (sp, 1.0, 1.0)), tmp_path / "t.nii.gz")
+        code, _, err = run(["segment", "-s", case["s"], "-l", case["l"], "-i",
+                            tmp_path / "t.nii.gz", "-o", tmp_path / "o", *TRANSFER], capsys)
+        assert code == EXIT_INPUT and "spacing" in err, err
