@@ -72,7 +72,7 @@ def segment_one(seg: Segmenter, supports: list[Path], labels: list[Path], query:
     """One query (None: the first support scan itself): every check that needs no model
     first, then the work, then the files."""
     target = query or supports[0]
-    if "dicom-seg" in spec.formats:
+    if {"dicom-seg", "rtstruct"} & set(spec.formats):
         check_seg_sources(target)
     paths = export.output_paths(spec.folder, export.query_stem(str(target)), spec.formats,
                                 spec.report, spec.qc)

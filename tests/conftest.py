@@ -106,7 +106,8 @@ def run_cli(args, capsys):
 
 def write_dicom_series(folder, vol, series: str = "1.2.3.4", skip: int | None = None,
                        name: str = "s"):
-    """Slices of ``vol`` as a DICOM series (axis-aligned): one file per slice."""
+    """Slices of ``vol`` as a DICOM series (its in-plane direction kept): one file per
+    slice."""
     import SimpleITK as sitk
 
     folder.mkdir(exist_ok=True)
@@ -117,9 +118,11 @@ def write_dicom_series(folder, vol, series: str = "1.2.3.4", skip: int | None = 
         sl.SetSpacing(vol.spacing)
         pos = vol.index_to_world([0, 0, k])
         sl.SetOrigin(tuple(pos))
+        sl.SetDirection(tuple(vol.direction.ravel()))
+        iop = "\\".join(f"{c:.6f}" for c in (*vol.direction[:, 0], *vol.direction[:, 1]))
         for tag, value in (("0020|000e", series), ("0020|0013", str(k + 1)),
                            ("0020|0032", "\\".join(f"{c:.4f}" for c in pos)),
-                           ("0020|0037", "1\\0\\0\\0\\1\\0"), ("0008|0060", "CT")):
+                           ("0020|0037", iop), ("0008|0060", "CT")):
             sl.SetMetaData(tag, value)
         w = sitk.ImageFileWriter()
         w.KeepOriginalImageUIDOn()

@@ -459,3 +459,133 @@ def test_dicom_labels_of_another_frame_or_malformed_are_refused(tmp_path, ct_dic
     rt.save_as(tmp_path / "name.dcm")
     with pytest.raises(InputError, match="ROIName.*control character"):
         read_support_label(tmp_path / "name.dcm", img)
+
+
+def _with_uids(folder):
+    """A DICOM series written by SimpleITK, with the UIDs a derived object references."""
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    study, frame = generate_uid(), generate_uid()
+    for f in sorted(folder.iterdir()):
+        ds = pydicom.dcmread(f)
+        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.StudyInstanceUID, ds.FrameOfReferenceUID = study, frame
+        for key in ("PatientBirthDate", "AccessionNumber", "StudyID"):  # lacking, as some do
+            if key in ds:
+                delattr(ds, key)
+        ds.save_as(f)
+    return folder
+
+
+def test_dicom_seg_carries_slicer_terminology_laterality_and_colours(tmp_path, slicer_files,
+                                                                     capsys):
+    """A Slicer support with full SNOMED terminology: the DICOM-SEG's segments carry type
+    Lung with laterality Right/Left, the category, CIELab display colours and the
+    algorithm that ran (weight-free here); a series lacking birth date, accession number
+    and study ID still gets its DICOM-SEG."""
+    import highdicom as hd
+    from conftest import write_dicom_series
+
+    ct, seg = slicer_files
+    series = _with_uids(write_dicom_series(tmp_path / "chest", read_image(ct), series="1.2.3.77"))
+    out = tmp_path / "o"
+    code, _, err = run(["segment", "-s", series, "-l", seg, "-o", out, "--labels",
+                        "right lung,left lung", "--format", "dicom-seg", *TRANSFER], capsys)
+    assert code == 0, err
+    ds = hd.seg.segread(next(out.glob("*_seg.dcm")))
+    by_label = {ds.get_segment_description(n).segment_label: ds.get_segment_description(n)
+                for n in ds.segment_numbers}
+    for name, side in (("right lung", "Right"), ("left lung", "Left")):
+        d = by_label[name]
+        typ = d.SegmentedPropertyTypeCodeSequence[0]
+        assert typ.CodeValue == "39607008" and typ.CodeMeaning == "Lung"
+        assert typ.SegmentedPropertyTypeModifierCodeSequence[0].CodeMeaning == side
+        assert d.SegmentedPropertyCategoryCodeSequence[0].CodeValue == "123037004"
+        assert len(d.RecommendedDisplayCIELabValue) == 3
+    algo = by_label["right lung"].SegmentationAlgorithmIdentificationSequence[0]
+    assert algo.AlgorithmFamilyCodeSequence[0].CodeMeaning != "Artificial Intelligence"
+    assert any(p.startswith("method=transfer") or "transfer" in str(p)
+               for p in str(algo.AlgorithmParameters).split(","))
+
+
+def test_lesion_names_get_the_abnormal_structure_category():
+    from medseg.labels.terminology import from_name
+
+    for name in ("tumour", "GTV", "lung nodule", "liver metastasis"):
+        t = from_name(name)
+        assert t.category.meaning == "Morphologically Abnormal Structure" and \
+            t.type.meaning == "Neoplasm", name
+    t = from_name("left kidney")
+    assert (t.type.meaning, t.modifier.meaning) == ("Kidney", "Left")
+
+
+def test_rtstruct_output_validates_and_reads_back(tmp_path, ct_dicom, capsys):
+    """RTSTRUCT out: dciodvfy finds no error; read back with pydicom and filled with
+    scikit-image's polygon (not medseg's reader), each slice's contours lie within one
+    voxel of the labelmap; names, colours and codes are there."""
+    import pydicom
+    from skimage.draw import polygon2mask
+
+    img = read_image(ct_dicom)
+    lab = np.zeros(img.shape, np.uint8)
+    lab[5:12, 200:300, 150:260] = 1
+    lab[8, 230:260, 180:220] = 0  # a hole
+    lab[8:14, 100:160, 300:380] = 2
+    seg = _seg_of_type(ct_dicom, lab, tmp_path / "s.dcm", "BINARY")
+    out = tmp_path / "o"
+    code, _, err = run(["segment", "-s", ct_dicom, "-l", seg, "-o", out, "--format",
+                        "rtstruct,nifti", *TRANSFER], capsys)
+    assert code == 0, err
+    rt = next(out.glob("*_rtstruct.dcm"))
+    if shutil.which("dciodvfy"):
+        r = subprocess.run(["dciodvfy", str(rt)], capture_output=True, text=True)
+        assert "Error" not in r.stderr + r.stdout, (r.stderr + r.stdout)[-2000:]
+    ds = pydicom.dcmread(rt)
+    result = read_image(out / "ct_labels.nii.gz").array
+    assert [r.ROIName for r in ds.StructureSetROISequence] == ["liver", "spleen"]
+    codes = [o.RTROIIdentificationCodeSequence[0].CodeMeaning for o in ds.RTROIObservationsSequence]
+    assert codes == ["Liver", "Spleen"]
+    uids = [pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID
+            for f in img.meta["dicom_file_list"]]
+    for v, roi in enumerate(ds.ROIContourSequence, 1):
+        filled = np.zeros(img.shape, bool)
+        for c in roi.ContourSequence:
+            pts = np.asarray(c.ContourData, float).reshape(-1, 3)
+            idx = np.linalg.solve(img.direction * np.asarray(img.spacing),
+                                  (pts - np.asarray(img.origin)).T).T
+            z = int(round(idx[0, 2]))
+            assert c.ContourImageSequence[0].ReferencedSOPInstanceUID == uids[z]
+            filled[z] ^= polygon2mask(img.shape[1:], idx[:, [1, 0]])  # even-odd
+        truth = result == v
+        assert (filled ^ truth).sum() <= np.count_nonzero(
+            truth ^ ndimage_erode(truth)) + 4 * truth.any(axis=(1, 2)).sum()
+        assert not filled[8, 240, 200] if v == 1 else True  # the hole is a hole
+
+
+def ndimage_erode(m):
+    from scipy import ndimage
+
+    return np.stack([ndimage.binary_erosion(s) for s in m])
+
+
+def test_rtstruct_in_the_series_folder_is_found_as_the_label(tmp_path, ct_dicom, capsys):
+    folder = tmp_path / "study" / "ct"
+    shutil.copytree(ct_dicom, folder)
+    img = read_image(folder)
+    rt = _rtstruct(folder, img, folder / "rtstruct.dcm")
+    import pydicom
+
+    ds = pydicom.dcmread(rt)  # the frame of reference it refers to
+    from pydicom.dataset import Dataset
+
+    ref = Dataset()
+    ref.FrameOfReferenceUID = img.meta["dicom_frame_of_reference"]
+    ds.ReferencedFrameOfReferenceSequence = [ref]
+    ds.save_as(rt)
+    found, _ = find_label_beside(folder)
+    assert found == rt
+    code, _, err = run(["segment", "-s", folder, "-o", tmp_path / "o", *TRANSFER], capsys)
+    assert code == 0, err
+    assert "rtstruct.dcm (found beside the support)" in err

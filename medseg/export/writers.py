@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from .. import qc
 from ..errors import UsageError
 from ..options import FORMATS, check_choice
-from . import dicom_seg, labelmap, seg_nrrd
+from . import dicom_seg, labelmap, rtstruct, seg_nrrd
 from .paths import safe_stem
 from .transaction import OutputTransaction, json_file
 
@@ -67,6 +67,10 @@ def _dicom_seg(res: Result, p: Path, ctx: WriteContext) -> None:
     dicom_seg.write_dicom_seg(res, p, ctx.masks)
 
 
+def _rtstruct(res: Result, p: Path, ctx: WriteContext) -> None:
+    rtstruct.write_rtstruct(res, p, ctx.masks)
+
+
 def _report(res: Result, p: Path, ctx: WriteContext) -> None:
     json_file(p, res.report.to_dict())
 
@@ -77,6 +81,7 @@ OUTPUTS: dict[str, Output] = {o.kind: o for o in (
     Output("itk-snap", "itk-snap", lambda s: f"{s}_itksnap.txt", _itksnap),
     Output("seg.nrrd", "seg.nrrd", lambda s: f"{s}.seg.nrrd", _seg_nrrd, needs_masks=True),
     Output("dicom-seg", "dicom-seg", lambda s: f"{s}_seg.dcm", _dicom_seg, needs_masks=True),
+    Output("rtstruct", "rtstruct", lambda s: f"{s}_rtstruct.dcm", _rtstruct, needs_masks=True),
     Output("report", None, lambda s: f"{s}_report.json", _report),
 )}
 
