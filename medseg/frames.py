@@ -70,6 +70,48 @@ def normalize_intensity(
     return np.clip(out, 0.0, 1.0, out=out), how
 
 
+VISIBLE = 0.95  # of a structure's voxels strictly inside the window for it to be visible
+WINDOW_ORDER = ("abdomen", "soft-tissue", "lung", "bone", "brain")
+
+
+def choose_window(image: np.ndarray, masks: list[np.ndarray], modality: str = "auto"
+                  ) -> tuple[tuple[float, float] | None, dict]:
+    """The CT window for these structures, from the scan itself.
+
+    A structure is visible under a window when at least :data:`VISIBLE` of its voxels lie
+    strictly inside it (not clipped to black or white). The named windows are tried in
+    order (:data:`WINDOW_ORDER`; abdomen first, the few-shot benchmarks' convention); the
+    first that shows every structure is taken; when none does, the one showing the most
+    labelled volume; when none shows any, the window spanning the structures' own 1st-99th
+    percentiles. Not a CT (or no structure): None, and the modality's own normalisation
+    applies.
+    """
+    if (guess_modality(image) if modality == "auto" else modality) != "ct" or not masks:
+        return None, {"how": "not CT: the modality's own normalisation"}
+    values = [image[m] for m in masks if m.any()]
+    if not values:
+        return None, {"how": "no labelled voxel"}
+    shown, volume = {}, {}
+    for name in WINDOW_ORDER:
+        lo, hi = CT_WINDOWS[name]
+        seen = [float(np.mean((v > lo) & (v < hi))) >= VISIBLE for v in values]
+        shown[name] = sum(seen)
+        volume[name] = sum(v.size for v, ok in zip(values, seen) if ok)
+    every = [n for n in WINDOW_ORDER if shown[n] == len(values)]
+    if every:
+        return CT_WINDOWS[every[0]], {"how": f"'{every[0]}': every structure visible",
+                                      "name": every[0]}
+    best = max(WINDOW_ORDER, key=lambda n: (volume[n], -WINDOW_ORDER.index(n)))
+    if volume[best] > 0:
+        return CT_WINDOWS[best], {"how": f"'{best}': {shown[best]} of {len(values)} structures "
+                                  "visible, the most labelled volume (no named window shows "
+                                  "all)", "name": best}
+    both = np.concatenate(values)
+    lo, hi = (float(x) for x in np.percentile(both, [1, 99]))
+    width = max(hi - lo, 50.0)
+    return (lo - 0.25 * width, hi + 0.25 * width), {"how": "from the structures' own HU"}
+
+
 def _check_axis(axis: str) -> None:
     if axis not in AXES:
         raise UsageError(f"axis {axis!r}: choose one of {', '.join(AXES)}", option="axis")

@@ -24,7 +24,7 @@ import numpy as np
 from ._lazy import lazy_import
 from .config import SegmentConfig, to_dict
 from .errors import InputError, UsageError
-from .frames import FrameStack, parse_window, volume_to_frames
+from .frames import FrameStack, choose_window, parse_window, volume_to_frames
 from .io import Volume, check_finite, check_not_label, read_image, same_geometry
 from .labels import LabelPlan, SupportLabel, make_plan, read_support_label
 from .locate import Correspondence, correspond
@@ -128,9 +128,9 @@ class Frames:
     support: FrameStack
 
 
-def cut_frames(inputs: Inputs, cfg: SegmentConfig, same: bool = False) -> Frames:
+def cut_frames(inputs: Inputs, cfg: SegmentConfig, same: bool = False,
+               window: tuple[float, float] | None = None) -> Frames:
     """Both scans as normalised frames along ``cfg.axis`` (once when they are one scan)."""
-    window = parse_window(cfg.window)
     support = volume_to_frames(inputs.support, cfg.axis, cfg.modality, window)
     if same:
         return Frames(support, support)
@@ -193,23 +193,47 @@ class Combined:
     masks: np.ndarray | None = None  # (N, n, H, W) bool per output value, overlaps kept
 
 
-def combine(props: list[Propagation], groups: list[SupportGroup], n_out: int, shape) -> Combined:
-    """Group labels -> output values; where groups overlap, the group listed first wins.
-    Per-structure masks (overlaps kept) are gathered when the propagators kept them."""
+def combine(props: list[Propagation], groups: list[SupportGroup], n_out: int, shape,
+            frames: np.ndarray | None = None) -> Combined:
+    """Group labels -> output values. A pixel claimed by structures of different groups
+    (support slices) goes to the structure whose support-slice intensities it resembles
+    most (the smallest distance to their mean, in their spread): air goes to a lung, not
+    to a misplaced rib; without ``frames``, to the group listed first. Per-structure masks
+    (overlaps kept) are gathered when the propagators kept them."""
     labels = np.zeros(shape, np.uint8 if n_out <= 255 else np.uint16)
     scores = np.full((shape[0], n_out), np.nan, np.float32)
     keep = bool(props) and all(p.masks is not None for p in props)
     masks = np.zeros((n_out, *shape), bool) if keep else None
+    best = np.full(shape, np.inf, np.float32)
     for p, g in zip(props, groups):
-        lut = np.array([0, *g.outputs], labels.dtype)
-        local = lut[p.labels]
-        free = labels == 0
-        labels[free] = local[free]
+        local = np.array([0, *g.outputs], labels.dtype)[p.labels]
+        if frames is None:
+            take = (labels == 0) & (local > 0)
+        else:
+            z = _unlikeness(frames, local, g)
+            take = (local > 0) & (z < best)
+            best[take] = z[take]
+        labels[take] = local[take]
         for k, o in enumerate(g.outputs):
             scores[:, o - 1] = p.object_scores[:, k]
             if masks is not None:
                 masks[o - 1] = p.masks[:, k]
     return Combined(labels, scores, props, masks)
+
+
+def _unlikeness(frames: np.ndarray, local: np.ndarray, g: SupportGroup) -> np.ndarray:
+    """How unlike each pixel is to the structure it was given (|x - mean| / spread of that
+    structure on the group's unaugmented support slice); inf where none was given."""
+    out = np.full(local.shape, np.inf, np.float32)
+    img, msk = g.bank.images[0], g.bank.masks[0]
+    for k, o in enumerate(g.outputs):
+        inside = img[msk[k]]
+        if not inside.size:
+            continue
+        mean, spread = float(inside.mean()), max(float(inside.std()), 0.02)
+        sel = local == o
+        out[sel] = np.abs(frames[sel] - mean) / spread
+    return out
 
 
 @dataclass
@@ -281,12 +305,12 @@ def run(support: ImageInput | Sequence[ImageInput], support_label: ImageInput | 
                      if same_scan(pairs[j][0], s, query, q)), None)
     if same is not None:
         return _in_scan(Inputs(loaded[same][0], loaded[same][1], loaded[same][0]), cfg, ctx, t)
-    with t("frames"):
-        q_frames = volume_to_frames(q, cfg.axis, cfg.modality, parse_window(cfg.window))
-        s_frames = [volume_to_frames(s, cfg.axis, cfg.modality, parse_window(cfg.window))
-                    for s, _ in loaded]
     plan = make_plan(loaded[0][1].segments, cfg.labels, cfg.names,
                      f"support label {loaded[0][1].path or ''}".strip())
+    with t("frames"):
+        window, why = intensity_window(cfg, loaded[0][0], loaded[0][1], plan)
+        q_frames = volume_to_frames(q, cfg.axis, cfg.modality, window)
+        s_frames = [volume_to_frames(s, cfg.axis, cfg.modality, window) for s, _ in loaded]
     eng = _engine(cfg, ctx)
     with t("complete"):
         done = [complete_support(s, f, lab, (plan if j == 0 else plan_for(
@@ -297,13 +321,14 @@ def run(support: ImageInput | Sequence[ImageInput], support_label: ImageInput | 
     methods = Methods.build(cfg, frames, eng,
                             ctx.feature_cache_mb if cfg.mode == "volume" else 0.0)
     props, expected = _propagate(q_frames.frames, groups, cfg, methods, t, ctx)
-    combined = combine(props, groups, len(plan), q_frames.frames.shape)
+    combined = combine(props, groups, len(plan), q_frames.frames.shape, q_frames.frames)
     with t("postprocess"):
         lab = clean_up(combined, plan, cfg, len(q_frames))
     inputs = Inputs(loaded[0][0], done[0].label, q)
     result = assemble(inputs, frames, plan, groups, combined, lab, cfg, eng, t,
                       Located(corrs[0], expected))
     _describe_supports(result, done, s_frames, loaded, corrs)
+    result.report.inputs["window"] = why
     return result
 
 
@@ -353,15 +378,27 @@ def _describe_supports(result: Result, done: list[CompletedSupport], s_frames: l
 
 def _in_scan(inputs: Inputs, cfg: SegmentConfig, ctx: RunContext, t: Timer) -> Result:
     """The support scan segmented from its own drawn slices."""
-    with t("frames"):
-        frames = cut_frames(inputs, cfg, True)
     plan = make_plan(inputs.label.segments, cfg.labels, cfg.names,
                      f"support label {inputs.label.path or ''}".strip())
+    with t("frames"):
+        window, why = intensity_window(cfg, inputs.support, inputs.label, plan)
+        frames = cut_frames(inputs, cfg, True, window)
     eng = _engine(cfg, ctx)
     with t("complete"):
         done = complete_support(inputs.support, frames.support, inputs.label,
                                 plan.support_values, cfg.method, cfg.support.complete, eng)
-    return _same_scan(inputs, frames, plan, done, cfg, eng, t)
+    result = _same_scan(inputs, frames, plan, done, cfg, eng, t)
+    result.report.inputs["window"] = why
+    return result
+
+
+def intensity_window(cfg: SegmentConfig, image: Volume, label: SupportLabel, plan: LabelPlan
+                     ) -> tuple[tuple[float, float] | None, dict]:
+    """The window asked for, or (CT, none asked for) one chosen from the structures."""
+    if cfg.window is not None:
+        return parse_window(cfg.window), {"how": f"given: {cfg.window}"}
+    return choose_window(image.array, [label.mask(v) for v in plan.support_values],
+                         cfg.modality)
 
 
 def same_scan(support_spec: ImageInput, support: Volume, query_spec: ImageInput | None,

@@ -13,7 +13,8 @@ from typing import Any
 from ._version import __version__
 
 OVERLAP_RULE = ("within a support slice: highest positive SAM2 logit (transfer: the label "
-                "listed first); across support slices: the label listed first")
+                "listed first); across support slices: the structure whose support-slice "
+                "intensities the pixel resembles most")
 
 
 def versions() -> dict[str, str]:

@@ -589,3 +589,26 @@ def test_rtstruct_in_the_series_folder_is_found_as_the_label(tmp_path, ct_dicom,
     code, _, err = run(["segment", "-s", folder, "-o", tmp_path / "o", *TRANSFER], capsys)
     assert code == 0, err
     assert "rtstruct.dcm (found beside the support)" in err
+
+
+def test_plain_run_on_slicers_sample_with_every_segment(tmp_path, slicer_files, capsys):
+    """Slicer's sample chest CT and its 7-segment segmentation onto another chest CT, with
+    no option at all: it runs (a structure the placement would push out of the frame is
+    centred instead, and said), the window is chosen from the structures (lung), and the
+    lungs score at least what the lungs alone scored with --window lung before (0.657 /
+    0.431)."""
+    ct, seg = slicer_files
+    root = data.fetch(("pyradiomics",), progress=False)
+    query = root / data.PR / "lung1_image.nrrd"
+    ref = read_image(data.fetch(("pyradiomics",), progress=False) / "derived/lung1_lungs.nii.gz")
+    out = tmp_path / "o"
+    code, _, err = run(["segment", "-s", ct, "-l", seg, "-i", query, "-o", out,
+                        "--method", "transfer", "--no-download"], capsys)
+    assert code == 0, err
+    rep = json.loads((out / "lung1_image_report.json").read_text())
+    assert rep["inputs"]["window"]["name"] == "lung"
+    got = read_image(out / "lung1_image_labels.nii.gz").array
+    names = [s["name"] for s in rep["segments"]]
+    for name, rv, floor in (("right lung", 1, 0.657), ("left lung", 2, 0.431)):
+        p, r = got == names.index(name) + 1, ref.array == rv
+        assert 2 * (p & r).sum() / (p.sum() + r.sum()) >= floor, name

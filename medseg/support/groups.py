@@ -118,10 +118,12 @@ def prepare_support(support: SupportScan, plan: LabelPlan, query: FrameStack,
     for e in plan:
         groups.setdefault(slices_of[e.support_value], []).append(e)
     out = []
-    for gi, (picked, entries) in enumerate(groups.items()):
+    for picked, entries in groups.items():
         bank = cfg.bank
         per = bank.size if len(picked) == 1 else max(1, bank.size // len(picked))
-        bcfg = replace(bank, size=per, seed=bank.seed + 1000 * gi)
+        # seeded by the slices, not the group's rank: a structure's bank does not depend on
+        # which other structures are segmented with it
+        bcfg = replace(bank, size=per, seed=(bank.seed + 1000 * picked[0]) % (2**31 - 1))
         labelled = [np.nonzero(masks[e.support_value].any(axis=(1, 2)))[0] for e in entries]
         exp = expected_frames(corr, np.concatenate(labelled)) if corr is not None else None
         how = _Placing(frames, query, corr, placement, cache, exp)
