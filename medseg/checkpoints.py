@@ -127,7 +127,8 @@ def _offline_message(spec: ModelSpec, target: Path, reason: str) -> str:
     return (
         f"SAM2.1 {spec.name} checkpoint not available and could not be downloaded ({reason}). "
         f"Download {spec.url} ({spec.approx_mb} MB) on a machine with internet and put it at "
-        f"{target}, or pass --checkpoint PATH (or set {ENV_CHECKPOINT})."
+        f"{target}, or pass --checkpoint PATH (or set {ENV_CHECKPOINT}); without weights, "
+        "--method transfer runs weight-free."
     )
 
 

@@ -156,8 +156,14 @@ def _main(
                                  help="Print the version and exit."),
 ) -> None:
     STATE["verbose"], STATE["quiet"] = verbose, quiet
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if verbose:  # medseg's own stage log with timings (not every library's debug output)
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("medseg: %(message)s"))
+        medseg_log = logging.getLogger("medseg")
+        medseg_log.setLevel(logging.INFO)
+        medseg_log.handlers[:] = [handler]
+        medseg_log.propagate = False
     if quiet:
         warnings.simplefilter("ignore")
 
@@ -260,7 +266,8 @@ def _segment(**options: Any) -> None:
 
     One painted slice of a structure is enough: medseg completes it through the support scan first. Without --query the support scan itself is segmented (the painted slices come back exactly as drawn); correct slices of a result in 3D Slicer and rerun with the corrected .seg.nrrd as the label. Several queries run as a cohort: one model load, a summary (cohort_summary.csv/.json), failures recorded and skipped.
     """  # noqa: E501 - one paragraph per line: the help wraps it to the terminal
-    commands.segment(options, settings_from(options), _say, _out, STATE["verbose"])
+    commands.segment(options, settings_from(options), _say, _out, STATE["verbose"],
+                     STATE["quiet"])
 
 
 _segment.__signature__ = inspect.Signature(segment_parameters())  # type: ignore[attr-defined]
@@ -283,6 +290,8 @@ def evaluate(
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write results as JSON."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Per-slice Dice plot (PNG)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
+    allow_missing: bool = typer.Option(False, "--allow-missing", help="Score a structure the "
+                                       "reference lacks (else an error)."),
 ) -> None:
     """Dice, IoU, HD95, ASSD and surface Dice (mm) of a prediction against a reference."""
     opt.check_positive(tolerance, "tolerance")
@@ -290,8 +299,8 @@ def evaluate(
     for p in outs:
         export.check_output_dir(p.parent)
     export.check_outputs(outs, overwrite=overwrite, inputs=[pred, ref])
-    res = metrics.evaluate_files(pred, ref, _ints(labels, "--labels"), _ints(ref_labels, "--ref-labels"),
-                         tolerance)
+    res = metrics.evaluate_files(pred, ref, _ints(labels, "--labels"),
+                                 _ints(ref_labels, "--ref-labels"), tolerance, allow_missing)
     typer.echo(metrics.format_table(res))
     if res.mapping_note:
         _say(res.mapping_note)

@@ -142,7 +142,8 @@ class Job:
 
     def paths(self, stem: str) -> dict[str, Path]:
         qc = self.qc_dir / f"{stem}_qc.png" if self.qc_dir else None
-        return export.output_paths(self.output.folder, stem, self.output.formats, None, qc)
+        return export.output_paths(self.output.folder, stem, self.output.formats, None, qc,
+                                   self.output.statistics)
 
 
 def outputs_valid(paths: dict[str, Path]) -> bool:
@@ -257,7 +258,8 @@ class CohortRunner:
         try:
             paths = res.save(out.folder, out.formats, overwrite=out.overwrite
                              or self.job.cohort.resume, stem=stem,
-                             qc=self.job.paths(stem).get("qc"), protect=self.job.protected)
+                             qc=self.job.paths(stem).get("qc"), protect=self.job.protected,
+                             statistics=out.statistics)
             return summary_row(q, stem, res, time.perf_counter() - t0, paths,
                                self.job.references.get(stem))
         except Exception as exc:
@@ -403,10 +405,13 @@ def prepare_cohort(job: Job, queries: Sequence[Path], list_files: Sequence[str] 
 
 
 def run_cohort(seg: Segmenter, job: Job, queries: Sequence[Path], say: Callable[[str], None],
-               verbose: bool = False, list_files: Sequence[str] = ()) -> list[dict]:
-    """The whole cohort as the command line runs it: checks first, then every query, then
-    the summary; raises :class:`CohortFailures` (exit 7) if any query failed."""
+               verbose: bool = False, list_files: Sequence[str] = (),
+               checks: Callable[[], None] = lambda: None) -> list[dict]:
+    """The whole cohort as the command line runs it: checks first (``checks`` after the
+    outputs'), then every query, then the summary; raises :class:`CohortFailures` (exit 7)
+    if any query failed."""
     job, stems = prepare_cohort(job, queries, list_files)
+    checks()
     export.prepare_output_dir(job.output.folder)
     if job.qc_dir is not None:
         export.prepare_output_dir(job.qc_dir)

@@ -314,6 +314,9 @@ class OutputSpec:
                                  help="Report path (one query; default: beside the outputs).")
     qc: Path | None = option(None, "--qc", check=_path, help="QC picture (.png/.pdf/.svg; "
                              "a folder for a cohort).")
+    statistics: bool = option(False, "--statistics", check=_bool("statistics"),
+                              help="Write per-structure statistics (volume ml, slices, "
+                              "extent, mean object score) as CSV and JSON beside the outputs.")
     overwrite: bool = option(False, "--overwrite", check=_bool("overwrite"),
                              help="Replace existing outputs.")
 

@@ -205,8 +205,11 @@ def evaluate_files(
     labels: Sequence[int] | None = None,
     ref_labels: Sequence[int] | None = None,
     tolerance_mm: float = 2.0,
+    allow_missing: bool = False,
 ) -> Evaluation:
     """Score two label files on the same grid; a grid mismatch is an error, never resampled.
+    A structure absent from the reference is an error (``allow_missing``: scored, with a
+    warning).
 
     Without ``labels``, a medseg prediction is paired through its report (beside it):
     output value ``i`` is scored against the support value it was made from; otherwise
@@ -234,12 +237,28 @@ def evaluate_files(
     labels, ref_labels, names, note = _pairing(pred_path, p, r, labels, ref_labels)
     if len(ref_labels) != len(labels):
         raise UsageError(f"--ref-labels has {len(ref_labels)} values for {len(labels)} --labels")
+    _check_present(r, ref_labels, names, ref_path, allow_missing)
     scores = evaluate_labelmaps(p, r, pred.spacing_zyx, labels, tolerance_mm, ref_labels)
     pf, rf = label_to_frames(pred.with_array(p)), label_to_frames(ref.with_array(r))
     per_slice = np.stack([per_slice_dice(pf == lp, rf == lr) for lp, lr in zip(labels, ref_labels)],
                          axis=1) if labels else np.zeros((pf.shape[0], 0))
     return Evaluation(str(pred_path), str(ref_path), scores, pred.spacing_zyx, per_slice,
                       implementation(), list(ref_labels), names, note)
+
+
+def _check_present(r: np.ndarray, ref_labels, names, ref_path, allow_missing: bool) -> None:
+    """A reference value that labels nothing would score as a silent 0."""
+    present = set(np.unique(r).tolist())
+    missing = [(v, n) for v, n in zip(ref_labels, names) if v not in present]
+    if not missing:
+        return
+    what = ", ".join(f"{v} ({n})" for v, n in missing)
+    if not allow_missing:
+        raise InputError(f"reference {ref_path}: holds no voxel of label {what}; values present: "
+                         f"{', '.join(str(v) for v in sorted(present) if v)}. Give the matching "
+                         "values with --ref-labels, or --allow-missing to score it anyway")
+    warnings.warn(f"reference {ref_path}: holds no voxel of label {what}; scored as missing",
+                  stacklevel=3)
 
 
 def _pairing(pred_path, p, r, labels, ref_labels):
@@ -272,9 +291,19 @@ def medseg_segments(pred_path) -> list[dict]:
     rep = p.with_name(f"{stem}_report.json")
     try:
         segs = json.loads(rep.read_text(encoding="utf-8")).get("segments", [])
-        return [s for s in segs if {"output_value", "support_value", "name"} <= set(s)]
     except (OSError, ValueError, AttributeError):
         return []
+    out = []
+    for s in segs if isinstance(segs, list) else []:
+        ok = isinstance(s, dict) and all(isinstance(s.get(k), int) and not isinstance(
+            s.get(k), bool) and 0 < s[k] < 2**31 for k in ("output_value", "support_value"))
+        if not ok:  # a report that is not medseg's own, or damaged: not trusted
+            warnings.warn(f"{rep}: segments do not look like medseg's; pairing by value",
+                          stacklevel=3)
+            return []
+        name = s.get("name") if isinstance(s.get("name"), str) else f"label {s['output_value']}"
+        out.append({**s, "name": name})
+    return out
 
 
 def format_table(ev: Evaluation) -> str:

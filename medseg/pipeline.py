@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +28,7 @@ from .errors import InputError, UsageError
 from .frames import FrameStack, choose_window, parse_window, volume_to_frames
 from .io import Volume, check_finite, check_not_label, read_image, same_geometry
 from .labels import LabelPlan, SupportLabel, make_plan, read_support_label
-from .locate import Correspondence, correspond
+from .locate import CORRESPONDENCE, Correspondence, correspond
 from .match import Matcher, make_matcher
 from .postprocess import parse_range, postprocess, postprocess_masks
 from .propagate import Matching, Propagation, Propagator, Sam2Pairs, Sam2Volume, Transfer
@@ -37,7 +38,7 @@ from .support import BankCache, SupportGroup, SupportScan, position_prior, prepa
 from .support.complete import CompletedSupport, complete_support
 from .support.groups import insertion_frame, presence
 from .support.multi import merge, plan_for
-from .timing import Timer
+from .timing import Timer, stage_reporter
 
 if TYPE_CHECKING:
     from .engine import Sam2Engine
@@ -296,7 +297,7 @@ def run(support: ImageInput | Sequence[ImageInput], support_label: ImageInput | 
     """
     ctx = ctx or RunContext()
     _warm_imports()
-    t = Timer()
+    t = Timer(stage_reporter(ctx.progress))
     pairs = _support_pairs(support, support_label)
     with t("load"):
         loaded = [ctx.caches.support(s, lab, cfg) for s, lab in pairs]
@@ -354,6 +355,8 @@ def _supports(q: Volume, q_frames: FrameStack, loaded: list[tuple[Volume, Suppor
     for j, ((s, _), f, d) in enumerate(zip(loaded, s_frames, done)):
         with t("locate"):
             corr = locate(Inputs(s, d.label, q), Frames(q_frames, f), cfg)
+        if corr.method == "none":
+            warn_unrelated(corr, cfg, j)
         pj = plan if j == 0 else plan_for(plan, d.label, f"support label {j + 1}")
         with t("support"):
             per.append(prepare_support(SupportScan(s, f, d.label), pj, q_frames, cfg.support,
@@ -361,6 +364,18 @@ def _supports(q: Volume, q_frames: FrameStack, loaded: list[tuple[Volume, Suppor
                                        {v: d.painted(v) for v in pj.support_values}))
         corrs.append(corr)
     return (per[0] if len(per) == 1 else merge(per, plan)), corrs
+
+
+def warn_unrelated(corr: Correspondence, cfg: SegmentConfig, j: int) -> None:
+    """Say what a user gets when the query's slices cannot be related to the support's."""
+    gets = ("SAM2's object score alone decides where the structure is" if cfg.method == "sam2"
+            else "every query slice gets a mask")
+    which = f"support {j + 1}" if j else "the support"
+    warnings.warn(f"the query's slices could not be related to {which}'s (slice correspondence "
+                  f"{corr.score:.2f}, below {CORRESPONDENCE.min_correspondence}; another "
+                  f"modality or body region?): {gets}. What helps: a support scan of the same "
+                  "modality and region, --z-range START:STOP to keep the slices that hold the "
+                  "structure, or SAM2 (--method sam2)", stacklevel=3)
 
 
 def _describe_supports(result: Result, done: list[CompletedSupport], s_frames: list[FrameStack],
@@ -505,6 +520,7 @@ def assemble(inputs: Inputs, frames: Frames, plan: LabelPlan, groups: list[Suppo
                     dict(q.meta), combined.masks, located.drawn)
     for seg, rec in zip(report.segments, result.records().values()):
         seg["slice_record"] = rec.as_dict()
+    report.statistics = result.statistics()
     return result
 
 

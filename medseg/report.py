@@ -81,6 +81,7 @@ class Report:
     engine: dict | None = None
     location: dict = field(default_factory=dict)  # correspondence, shared frame, evidence
     support_completion: list[dict] = field(default_factory=list)  # per structure (see support)
+    statistics: list[dict] = field(default_factory=list)  # per structure: volume, extent, ...
     medseg_version: str = __version__
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     versions: dict = field(default_factory=versions)

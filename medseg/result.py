@@ -70,15 +70,18 @@ class Result:
 
     def output_paths(self, out_dir: str | os.PathLike, formats: Sequence[str] = DEFAULT_FORMATS,
                      stem: str | None = None, report: str | os.PathLike | None = None,
-                     qc: str | os.PathLike | None = None) -> dict[str, Path]:
+                     qc: str | os.PathLike | None = None, statistics: bool = False
+                     ) -> dict[str, Path]:
+        """Where :meth:`save` would write each file (``{kind: path}``)."""
         stem = stem or export.query_stem(self.labels.path)
-        return export.output_paths(out_dir, stem, formats, report, qc)
+        return export.output_paths(out_dir, stem, formats, report, qc, statistics)
 
     def save(self, out_dir: str | os.PathLike, formats: Sequence[str] = DEFAULT_FORMATS, *,
              overwrite: bool = False, stem: str | None = None,
              report: str | os.PathLike | None = None,
              qc: str | os.PathLike | None = None,
-             protect: Sequence[str | os.PathLike] = ()) -> dict[str, Path]:
+             protect: Sequence[str | os.PathLike] = (), statistics: bool = False
+             ) -> dict[str, Path]:
         """Write the chosen files all-or-nothing.
 
         Args:
@@ -87,6 +90,7 @@ class Result:
             overwrite: replace existing outputs (otherwise refused).
             stem: the file-name stem (default: the query's name).
             report, qc: the report's path (default beside the outputs); a QC picture.
+            statistics: also write per-structure statistics (CSV and JSON).
             protect: more paths no output may replace (e.g. every input of a cohort); this
                 result's own inputs are always protected.
 
@@ -98,7 +102,7 @@ class Result:
                 or cannot be written.
         """
         export.prepare_output_dir(out_dir)
-        paths = self.output_paths(out_dir, formats, stem, report, qc)
+        paths = self.output_paths(out_dir, formats, stem, report, qc, statistics)
         for folder in {p.parent for p in paths.values()}:
             export.prepare_output_dir(folder)
             for line in recover(folder):  # what a killed run left there
@@ -115,6 +119,33 @@ class Result:
         with export.OutputTransaction(overwrite, protected) as tx:
             export.write_all(self, paths, tx, finish_report)
         return paths
+
+    def statistics(self) -> list[dict]:
+        """Per structure: volume (ml), voxels, slices holding it, its first and last slice
+        (index in the query's own voxel grid along the slicing axis, and position in mm
+        along it), mean SAM2 object score over those slices, slices drawn by the user."""
+        vox_ml = float(np.prod(self.labels.spacing)) / 1000.0
+        _, src = self.query_frames.source_index(self.labels.shape)
+        dz = self.query_frames.spacing[0]
+        out = []
+        for i, e in enumerate(self.plan):
+            m = self.structure_frames[i] if self.structure_frames is not None else \
+                self.label_frames == e.output_value
+            has = np.nonzero(m.reshape(len(m), -1).any(axis=1))[0]
+            scores = self.object_scores[has, i] if self.object_scores is not None and \
+                has.size else np.array([np.nan])
+            drawn = self.drawn_frames[i] if self.drawn_frames is not None else ()
+            out.append({
+                "name": e.name, "output_value": e.output_value,
+                "volume_ml": round(int(m.sum()) * vox_ml, 3), "voxels": int(m.sum()),
+                "slices": int(has.size),
+                "first_slice": int(src[has[0]]) if has.size else None,
+                "last_slice": int(src[has[-1]]) if has.size else None,
+                "extent_mm": round(float((has[-1] - has[0] + 1) * dz), 2) if has.size else 0.0,
+                "mean_object_score": None if np.isnan(scores).all()
+                else round(float(np.nanmean(scores)), 4),
+                "drawn_slices": int(np.count_nonzero(drawn))})
+        return out
 
     def segment_tags(self) -> dict[int, dict[str, str]]:
         """Extra Slicer segment tags per output value (what a ``.seg.nrrd`` carries beyond

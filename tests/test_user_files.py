@@ -219,7 +219,8 @@ def test_dicom_seg_output_reads_back_and_validates(tmp_path, ct_dicom, capsys):
 
 
 def test_dicom_seg_needs_the_query_uids(tmp_path, anonymised_dicom, capsys):
-    code, _, err = run(["segment", "-s", anonymised_dicom, "-l", tmp_path / "none.nii.gz", "-i",
+    (tmp_path / "label.nii.gz").write_bytes(b"not read: the UIDs are checked first")
+    code, _, err = run(["segment", "-s", anonymised_dicom, "-l", tmp_path / "label.nii.gz", "-i",
                         anonymised_dicom, "-o", tmp_path / "o", *TRANSFER, "--format",
                         "dicom-seg"], capsys)
     assert code == 4 and "lacks StudyInstanceUID" in err  # before anything else is read

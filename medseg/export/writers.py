@@ -9,6 +9,7 @@ all files or none, the report last.
 
 from __future__ import annotations
 
+import csv
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -71,6 +72,18 @@ def _rtstruct(res: Result, p: Path, ctx: WriteContext) -> None:
     rtstruct.write_rtstruct(res, p, ctx.masks)
 
 
+def _statistics_json(res: Result, p: Path, ctx: WriteContext) -> None:
+    json_file(p, {"query": res.labels.path, "structures": res.statistics()})
+
+
+def _statistics_csv(res: Result, p: Path, ctx: WriteContext) -> None:
+    rows = res.statistics()
+    with open(p, "w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["name"])
+        w.writeheader()
+        w.writerows(rows)
+
+
 def _report(res: Result, p: Path, ctx: WriteContext) -> None:
     json_file(p, res.report.to_dict())
 
@@ -82,20 +95,24 @@ OUTPUTS: dict[str, Output] = {o.kind: o for o in (
     Output("seg.nrrd", "seg.nrrd", lambda s: f"{s}.seg.nrrd", _seg_nrrd, needs_masks=True),
     Output("dicom-seg", "dicom-seg", lambda s: f"{s}_seg.dcm", _dicom_seg, needs_masks=True),
     Output("rtstruct", "rtstruct", lambda s: f"{s}_rtstruct.dcm", _rtstruct, needs_masks=True),
+    Output("statistics.json", "statistics", lambda s: f"{s}_statistics.json", _statistics_json),
+    Output("statistics.csv", "statistics", lambda s: f"{s}_statistics.csv", _statistics_csv),
     Output("report", None, lambda s: f"{s}_report.json", _report),
 )}
 
 
 def output_paths(out_dir: str | os.PathLike, stem: str, formats: Sequence[str] = ("nifti",
                  "seg.nrrd"), report: str | os.PathLike | None = None,
-                 qc: str | os.PathLike | None = None) -> dict[str, Path]:
+                 qc: str | os.PathLike | None = None, statistics: bool = False
+                 ) -> dict[str, Path]:
     """Where the outputs of one query go: ``{kind: path}``; refuses paths that collide."""
     out = Path(out_dir)
     for f in formats:
         check_choice(f, FORMATS, "format")
     stem = safe_stem(stem)
+    asked = {*formats, *(("statistics",) if statistics else ())}
     paths = {k: out / o.filename(stem) for k, o in OUTPUTS.items()
-             if o.format is None or o.format in formats}
+             if o.format is None or o.format in asked}
     if report:
         paths["report"] = Path(report)
     if qc:

@@ -10,18 +10,35 @@ from ..errors import InputError
 from .volume import Volume
 
 
-def check_not_label(vol: Volume, name: str) -> Volume:
-    """Refuse a label map given where an image is expected (a few integer values only)."""
-    arr = vol.array
-    if not (np.issubdtype(arr.dtype, np.integer) or arr.dtype == bool):
-        return vol
+def looks_like_labels(arr: np.ndarray) -> tuple[bool, np.ndarray]:
+    """Is this integer volume a label map? A few values (16 or fewer, 0 among them), or up
+    to 256 non-negative values forming uniform regions: inside the foreground, at least
+    :data:`LABEL_UNIFORM` of neighbouring voxels along a row are equal (images are noisy)."""
+    if not (np.issubdtype(arr.dtype, np.integer) or arr.dtype == bool) or not arr.size:
+        return False, np.zeros(0)
     sample = arr.ravel()[:: max(1, arr.size // 1_000_000)]
     values = np.unique(sample)
-    if values.size <= 16 and values.min() >= 0 and 0 in values:
+    if values.min() < 0 or 0 not in values or values.size > 256:
+        return False, values
+    if values.size <= 16:
+        return True, values
+    rows = arr[:: max(1, arr.shape[0] // 16)]
+    a, b = rows[..., :-1], rows[..., 1:]
+    fg = (a != 0) | (b != 0)
+    return bool(fg.any() and float(np.mean(a[fg] == b[fg])) >= LABEL_UNIFORM), values
+
+
+LABEL_UNIFORM = 0.75
+
+
+def check_not_label(vol: Volume, name: str) -> Volume:
+    """Refuse a label map given where an image is expected (before any heavy work)."""
+    label, values = looks_like_labels(vol.array)
+    if label:
+        shown = ", ".join(map(str, values[:8])) + (" ..." if values.size > 8 else "")
         raise InputError(
-            f"{name} {vol.path}: looks like a label map (only the values "
-            f"{', '.join(map(str, values[:8]))}{' ...' if values.size > 8 else ''}), not an "
-            f"image; give the scan as the {name} and the labels as the support label")
+            f"{name} {vol.path}: looks like a label map ({values.size} values: {shown}), not "
+            f"an image; give the scan as the {name} and the labels as the support label")
     return vol
 
 
