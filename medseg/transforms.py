@@ -52,7 +52,8 @@ def volume_to_metatensor(vol: Volume, like: Any = None) -> Any:
     aff = np.eye(4)
     aff[:3, :3] = vol.direction * np.asarray(vol.spacing)[None, :]
     aff[:3, 3] = vol.origin
-    meta = dict(getattr(like, "meta", {}) or {})
+    meta = {k: v for k, v in (getattr(like, "meta", {}) or {}).items()
+            if k not in ("affine", "original_affine")}  # the new affine is the one given
     data = torch.from_numpy(np.ascontiguousarray(vol.array.transpose(2, 1, 0))[None])
     return monai_data.MetaTensor(data, affine=torch.as_tensor(_RAS_LPS @ aff), meta=meta)
 

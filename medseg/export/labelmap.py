@@ -3,6 +3,7 @@ ITK-SNAP label description)."""
 
 from __future__ import annotations
 
+import gzip
 from pathlib import Path
 
 import numpy as np
@@ -22,10 +23,23 @@ def labelmap_volume(labels: np.ndarray, reference: Volume, dtype: str = "uint8")
                   reference.direction.copy())
 
 
+NIFTI_INTENT_LABEL = 1002  # the NIfTI-1 intent code of a label map
+
+
 def nifti_labelmap(labels: np.ndarray, reference: Volume, path: Path, dtype: str = "uint8") -> None:
-    """Labelmap on the reference's grid (compressed NIfTI)."""
-    sitk.WriteImage(labelmap_volume(labels, reference, dtype).to_sitk(), str(path),
-                    useCompression=True)
+    """Labelmap on the reference's grid (compressed NIfTI, intent "label"): SimpleITK writes
+    the geometry, the intent is set in the header, gzip compresses (reproducibly)."""
+    raw = path.with_name(path.name + ".raw.nii")
+    try:
+        sitk.WriteImage(labelmap_volume(labels, reference, dtype).to_sitk(), str(raw),
+                        useCompression=False)
+        data = bytearray(raw.read_bytes())
+    finally:
+        raw.unlink(missing_ok=True)
+    if int.from_bytes(data[:4], "little") == 348:  # NIfTI-1, little endian (ITK's own)
+        data[68:70] = NIFTI_INTENT_LABEL.to_bytes(2, "little")
+        data[328:344] = b"label".ljust(16, b"\0")
+    path.write_bytes(gzip.compress(bytes(data), compresslevel=6, mtime=0))
 
 
 def color_table(plan: LabelPlan, path: Path) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ..io import Volume
-from ..labels import LabelPlan
+from ..labels import LabelPlan, terminology
 
 
 def seg_nrrd_header(labels: np.ndarray, reference: Volume, plan: LabelPlan,
@@ -37,8 +37,9 @@ def seg_nrrd_header(labels: np.ndarray, reference: Volume, plan: LabelPlan,
                        "kinds": "list domain domain domain"})
     for i, e in enumerate(plan):
         text = "Segmentation.Status:inprogress|"  # an automatic result, not yet reviewed
-        if e.terminology:
-            text += f"TerminologyEntry:{e.terminology}|"
+        term = e.terminology or _named(e.name)
+        if term:
+            text += f"TerminologyEntry:{term}|"
         for k, v in ((tags or {}).get(e.output_value) or {}).items():
             text += f"{k}:{v}|"
         mask = labels == e.output_value if masks is None else masks[i]
@@ -57,6 +58,13 @@ def seg_nrrd_header(labels: np.ndarray, reference: Volume, plan: LabelPlan,
     header["Segmentation_MasterRepresentation"] = "Binary labelmap"
     header["Segmentation_ReferenceImageExtentOffset"] = "0 0 0"
     return header
+
+
+def _named(name: str) -> str | None:
+    """A terminology entry for a structure known by name only, where the code table knows
+    the name (see :mod:`medseg.labels.terminology`)."""
+    t = terminology.from_name(name)
+    return t.slicer() if t.matched else None
 
 
 def assign_layers(masks: np.ndarray) -> list[int]:

@@ -47,6 +47,11 @@ class Volume:
 
     __hash__ = None  # type: ignore[assignment]
 
+    def __repr__(self) -> str:
+        return (f"Volume(shape(z,y,x)={self.shape}, dtype={self.array.dtype}, spacing="
+                f"{tuple(round(s, 4) for s in self.spacing)}, origin="
+                f"{tuple(round(o, 3) for o in self.origin)}, path={self.path!r})")
+
     @property
     def shape(self) -> tuple[int, int, int]:
         """Array shape (z, y, x)."""

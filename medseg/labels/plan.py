@@ -42,6 +42,8 @@ class SegmentInfo:
     terminology: str | None = None  # Slicer terminology entry (DICOM codes)
     segment_id: str | None = None
     record: SliceRecord | None = None  # a medseg result's slice record (drawn / estimated)
+    name_auto: bool = False  # the file says its name was generated (Slicer's flag)
+    color_auto: bool = False  # ... and its colour
 
 
 @dataclass(frozen=True)
@@ -153,6 +155,8 @@ def make_plan(present: Mapping[int, SegmentInfo], labels: Sequence[int | str] | 
         color = info.color or named or CYCLE[i % len(CYCLE)]
         entries.append(PlanEntry(
             support_value=v, output_value=i + 1, name=name, color=tuple(int(c) for c in color),
-            name_auto=not (given or info.name), color_auto=info.color is None and named is None,
+            name_auto=not given and (not info.name or info.name_auto),
+            color_auto=(info.color is None and named is None) or
+            (info.color is not None and info.color_auto),
             terminology=info.terminology))
     return LabelPlan(tuple(entries))
