@@ -13,7 +13,9 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import os
 import signal
+import subprocess
 import sys
 import traceback
 import typing
@@ -35,6 +37,7 @@ from .errors import (
     EXIT_TERMINATED,
     MedsegError,
     UsageError,
+    is_out_of_memory,
 )
 
 app = typer.Typer(
@@ -124,15 +127,17 @@ def _handled(fn):
             typer.echo(f"medseg: {'terminated' if term else 'interrupted'}; {kept}", err=True)
             raise typer.Exit(EXIT_TERMINATED if term else EXIT_INTERRUPTED) from None
         except MedsegError as exc:
+            if is_out_of_memory(exc):  # e.g. a library that could not be mapped into memory
+                _out_of_memory()
             if STATE["verbose"]:
                 traceback.print_exc()
             typer.echo(f"medseg: error: {flag_message(exc)}", err=True)
             raise typer.Exit(exc.exit_code) from None
         except MemoryError:
-            typer.echo("medseg: error: out of memory (host RAM); use a smaller --batch-size, "
-                       "a smaller query, or a machine with more memory", err=True)
-            raise typer.Exit(EXIT_RUNTIME) from None
-        except Exception as exc:  # a bug, not a user mistake
+            _out_of_memory()
+        except Exception as exc:  # a bug, not a user mistake (or memory by another name)
+            if is_out_of_memory(exc) or is_out_of_memory(exc.__cause__ or exc):
+                _out_of_memory()
             if STATE["verbose"]:
                 traceback.print_exc()
             typer.echo(f"medseg: internal error: {type(exc).__name__}: {exc} "
@@ -140,6 +145,12 @@ def _handled(fn):
             raise typer.Exit(EXIT_INTERNAL) from None
 
     return wrapper
+
+
+def _out_of_memory() -> None:
+    typer.echo("medseg: error: out of memory (host RAM); use a smaller --batch-size, a "
+               "smaller query, or a machine with more memory", err=True)
+    raise typer.Exit(EXIT_RUNTIME) from None
 
 
 def _version(value: bool) -> None:
@@ -407,10 +418,50 @@ def _quiet_libraries() -> None:
     logging.getLogger("nibabel").setLevel(logging.ERROR)
 
 
+WORKER = "MEDSEG_WORKER"  # set in the process that does the work under a supervisor
+NATIVE_DEATHS = {signal.SIGKILL: "killed by the system", signal.SIGSEGV: "a native library "
+                 "crashed", signal.SIGABRT: "a native library aborted", signal.SIGBUS: "a "
+                 "native library crashed"}
+
+
 def run() -> None:  # pragma: no cover - console script
-    signal.signal(signal.SIGTERM, _on_sigterm)
-    sys.exit(main())
+    """The console script: a command that does work runs in a child process watched by
+    this one, so that a death no Python code can catch -- the system's out-of-memory
+    killer, a native library crashing or aborting when an allocation fails -- still ends
+    with one line and exit 5; help and version answer at once, in this process."""
+    argv = sys.argv[1:]
+    light = not argv or any(a in ("-h", "--help", "--version") for a in argv)
+    if os.environ.get(WORKER) or light:
+        signal.signal(signal.SIGTERM, _on_sigterm)
+        sys.exit(main(argv))
+    sys.exit(supervise(argv))
+
+
+def supervise(argv: list[str]) -> int:
+    """Run ``medseg ARGV`` in a child process; its exit code, or 5 (130, 143) with one line
+    when it died of a signal."""
+    env = {**os.environ, WORKER: "1"}
+    child = subprocess.Popen([sys.executable, "-m", "medseg.cli", *argv], env=env)
+
+    def forward(signum, frame):  # Ctrl-C reaches the child through the terminal's group
+        if signum != signal.SIGINT:
+            child.send_signal(signum)
+
+    for s in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(s, forward)
+    rc = child.wait()
+    if rc >= 0:
+        return rc
+    sig = signal.Signals(-rc)
+    if sig in (signal.SIGINT, signal.SIGTERM):
+        return EXIT_INTERRUPTED if sig == signal.SIGINT else EXIT_TERMINATED
+    why = NATIVE_DEATHS.get(sig, f"it received {sig.name}")
+    typer.echo(f"medseg: error: the work stopped ({why}, {sig.name}): most likely out of memory "
+               "(host RAM); use a smaller --batch-size, a smaller query, or a machine with "
+               "more memory", err=True)
+    return EXIT_RUNTIME
 
 
 if __name__ == "__main__":  # pragma: no cover - python -m medseg.cli
-    run()
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    sys.exit(main())

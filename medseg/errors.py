@@ -78,3 +78,16 @@ class CohortFailures(MedsegError):
     """Some queries of a cohort failed; the rest were segmented."""
 
     exit_code = EXIT_PARTIAL
+
+
+_OOM = ("can't allocate memory", "cannot allocate memory", "bad_alloc", "failed to allocate",
+        "out of memory", "memoryerror", "failed to map segment", "defaultcpuallocator")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """An exception that, whatever its type, says the machine ran out of memory (torch's
+    allocator, ITK, the dynamic loader under an address-space limit, numpy)."""
+    if isinstance(exc, MemoryError):
+        return True
+    text = f"{type(exc).__name__}: {exc}".lower()
+    return any(k in text for k in _OOM)

@@ -496,7 +496,16 @@ def _warm_imports() -> None:
     a second or two and only the support stage needs it)."""
     if "albumentations" not in sys.modules:
         os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-        threading.Thread(target=__import__, args=("albumentations",), daemon=True).start()
+        threading.Thread(target=_quiet_import, args=("albumentations",), daemon=True).start()
+
+
+def _quiet_import(name: str) -> None:
+    """An import in the background whose failure (memory, a broken install) is left to
+    the main thread, which imports it again and reports it in one line."""
+    try:
+        __import__(name)
+    except BaseException:  # noqa: BLE001 - reported where the module is needed
+        return
 
 
 def assemble(inputs: Inputs, frames: Frames, plan: LabelPlan, groups: list[SupportGroup],

@@ -209,3 +209,119 @@ def test_5_complex_and_tiny_spacing_nifti_are_refused(tmp_path, case, capsys):
         code, _, err = run(["segment", "-s", case["s"], "-l", case["l"], "-i",
                             tmp_path / "t.nii.gz", "-o", tmp_path / "o", *TRANSFER], capsys)
         assert code == EXIT_INPUT and "spacing" in err, err
+
+
+def _series(folder, n=6, edit=None):
+    """A small CT series; ``edit(k, ds)`` changes slice ``k``'s header."""
+    import pydicom
+    from conftest import write_dicom_series
+
+    vol, _ = phantom(shape=(n, 20, 24), direction=np.eye(3), seed=2)
+    write_dicom_series(folder, vol, series="1.2.3.55")
+    if edit:
+        for k, f in enumerate(sorted(folder.iterdir())):
+            ds = pydicom.dcmread(f)
+            edit(k, ds)
+            ds.save_as(f)
+    return folder
+
+
+@pytest.mark.parametrize("edit, text", [
+    (lambda k, ds: setattr(ds, "ImageOrientationPatient", [0.9848, 0.1736, 0, -0.1736, 0.9848, 0])
+     if k == 3 else None, "oriented differently"),
+    (lambda k, ds: setattr(ds, "ImagePositionPatient",
+                           [0.0, float(k) * 0.9, float(ds.ImagePositionPatient[2])]),
+     "gantry tilt"),
+    (lambda k, ds: setattr(ds, "PixelSpacing", [0, 0]), "PixelSpacing")])
+def test_7_dicom_series_without_a_single_grid(tmp_path, case, capsys, edit, text):
+    s = _series(tmp_path / "s", edit=edit)
+    code, _, err = run(["segment", "-s", case["s"], "-l", case["l"], "-i", s, "-o",
+                        tmp_path / "o", *TRANSFER], capsys)
+    assert code == EXIT_INPUT and text in err, err
+
+
+def test_7_nan_origin_refused(tmp_path, case, capsys):
+    import nibabel as nib
+
+    vol, _ = phantom(shape=(8, 20, 24), seed=1)
+    aff = np.eye(4)
+    aff[0, 3] = np.nan
+    img = nib.Nifti1Image(vol.array.transpose(2, 1, 0), aff)
+    img.set_sform(aff, code=1)
+    img.set_qform(None, code=0)
+    nib.save(img, tmp_path / "nan.nii.gz")
+    code, _, err = run(["segment", "-s", case["s"], "-l", case["l"], "-i", tmp_path / "nan.nii.gz",
+                        "-o", tmp_path / "o", *TRANSFER], capsys)
+    assert code == EXIT_INPUT and ("NaN" in err or "origin" in err), err
+
+
+def test_10_a_pipe_is_refused_without_blocking(tmp_path, case, capsys):
+    fifo = tmp_path / "pipe.nii.gz"
+    os.mkfifo(fifo)
+    code, _, err = run(["segment", "-s", case["s"], "-l", case["l"], "-i", fifo, "-o",
+                        tmp_path / "o", *TRANSFER], capsys)
+    assert code == EXIT_INPUT and "not a regular file" in err
+    nhdr = tmp_path / "d.nhdr"
+    data = tmp_path / "d.raw"
+    os.mkfifo(data)
+    nhdr.write_text("NRRD0004\ntype: short\ndimension: 3\nsizes: 4 4 4\nencoding: raw\n"
+                    "endian: little\ndata file: d.raw\n\n")
+    code, _, err = run(["segment", "-s", case["s"], "-l", case["l"], "-i", nhdr, "-o",
+                        tmp_path / "o", *TRANSFER], capsys)
+    assert code == EXIT_INPUT and "not a regular file" in err
+
+
+def test_15_multi_member_gzip_nifti_is_read(tmp_path, case, capsys):
+    import gzip
+
+    raw = tmp_path / "q.nii"
+    vol, _ = phantom(shape=(8, 30, 32), seed=4)
+    write_image(vol, raw, compress=False)
+    data = raw.read_bytes()
+    half = len(data) // 2
+    (tmp_path / "q2.nii.gz").write_bytes(gzip.compress(data[:half]) + gzip.compress(data[half:]))
+    code, _, err = run(["segment", "-s", case["s"], "-l", case["l"], "-i", tmp_path / "q2.nii.gz",
+                        "-o", tmp_path / "o", *TRANSFER], capsys)
+    assert code == 0, err
+
+
+@pytest.mark.parametrize("limit_mb", [300, 1200])
+def test_9_out_of_memory_is_exit_5(tmp_path, case, limit_mb):
+    """Under an address-space limit, wherever memory runs out (an import, a native library
+    in a background thread, reading, the computation), the console script ends with the
+    one-line message and exit 5, no traceback."""
+    code = textwrap.dedent(f"""
+        import resource, sys
+        resource.setrlimit(resource.RLIMIT_AS, ({limit_mb} * 2**20, {limit_mb} * 2**20))
+        sys.argv = ["medseg"] + {[str(x) for x in ["segment", "-s", case["s"], "-l", case["l"],
+                                                     "-i", case["q"], "-o", tmp_path / "o",
+                                                     *TRANSFER]]!r}
+        import medseg.cli as cli
+        cli.run()
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode in (0, 5), r.stderr  # 0: enough memory after all
+    if r.returncode == 5:
+        assert "out of memory" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("crash, code_", [("import ctypes; ctypes.string_at(0)", 5),
+                                          ("import os, signal; os.kill(os.getpid(), 9)", 5),
+                                          ("import os; os.abort()", 5),
+                                          ("import sys; sys.exit(3)", 3)])
+def test_9_a_native_death_of_the_work_is_one_line_and_exit_5(monkeypatch, capsys, crash, code_):
+    """The console script watches the process doing the work: a segfault, the
+    out-of-memory killer's SIGKILL or an abort in a native library becomes exit 5 with one
+    line; an ordinary exit code passes through."""
+    import subprocess as sp
+
+    import medseg.cli as cli
+
+    real = sp.Popen
+    monkeypatch.setattr(cli.subprocess, "Popen",
+                        lambda args, env=None: real([sys.executable, "-c", crash], env=env))
+    rc = cli.supervise(["segment"])
+    assert rc == code_
+    err = capsys.readouterr().err
+    if code_ == 5:
+        assert "out of memory" in err and len(err.strip().splitlines()) == 1

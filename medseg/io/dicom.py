@@ -64,21 +64,44 @@ def _dicom_ids(path: str) -> dict[str, str]:
                                                        "FrameOfReferenceUID")) if tag in ds}
 
 
-def _check_slice_positions(files: list[str], path: Path, name: str) -> None:
-    """Refuse a series with missing or unevenly spaced slices (it has no single grid)."""
-    if len(files) < 3:
-        return
+TILT_DEG = 0.5  # slices sheared by more than this (gantry tilt) have no single grid
 
-    pos, normal = [], None
-    for f in files:
-        ds = pydicom.dcmread(f, stop_before_pixels=True, specific_tags=[
-            "ImagePositionPatient", "ImageOrientationPatient"])
-        if "ImagePositionPatient" not in ds or "ImageOrientationPatient" not in ds:
-            return  # not a cross-sectional series with positions: nothing to check
-        if normal is None:
-            o = np.asarray(ds.ImageOrientationPatient, float)
-            normal = np.cross(o[:3], o[3:])
-        pos.append(float(np.dot(normal, np.asarray(ds.ImagePositionPatient, float))))
+
+def _check_slice_positions(files: list[str], path: Path, name: str) -> None:
+    """Refuse a series that has no single grid: pixel spacing of 0, slices of different
+    orientations, a gantry tilt, missing or unevenly spaced slices."""
+    heads = [pydicom.dcmread(f, stop_before_pixels=True, specific_tags=[
+        "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing"]) for f in files]
+    spacing = getattr(heads[0], "PixelSpacing", None)
+    if spacing is not None and (len(spacing) != 2 or min(float(v) for v in spacing) <= 0):
+        raise InputError(f"{name} {path}: PixelSpacing {list(spacing)} is not a pixel size; "
+                         "fix the header")
+    if len(files) < 2 or any("ImagePositionPatient" not in d or "ImageOrientationPatient"
+                             not in d for d in heads):
+        return  # not a cross-sectional series with positions: nothing more to check
+    iops = np.array([[float(v) for v in d.ImageOrientationPatient] for d in heads])
+    if np.abs(iops - iops[0]).max() > 1e-3:
+        k = int(np.argmax(np.abs(iops - iops[0]).max(axis=1)))
+        raise InputError(f"{name} {path}: slice {k + 1} of {len(files)} is oriented differently "
+                         "(ImageOrientationPatient); the series mixes acquisitions. Re-export "
+                         "one acquisition")
+    normal = np.cross(iops[0, :3], iops[0, 3:])
+    ipps = np.array([[float(v) for v in d.ImagePositionPatient] for d in heads])
+    order = np.argsort(ipps @ normal)
+    steps = np.diff(ipps[order], axis=0)
+    lengths = np.linalg.norm(steps, axis=1)
+    if lengths.size and lengths.max() > 0:
+        cos = np.abs(steps @ normal) / np.maximum(lengths, 1e-9)
+        tilt = float(np.degrees(np.arccos(np.clip(cos.min(), -1, 1))))
+        if tilt > TILT_DEG:
+            raise InputError(f"{name} {path}: the slices are sheared by {tilt:.1f} degrees "
+                             "(gantry tilt); medseg needs an orthogonal grid: resample the "
+                             "series first (e.g. dcm2niix corrects gantry tilt)")
+    if len(files) >= 3:
+        _even(ipps @ normal, files, path, name)
+
+
+def _even(pos: np.ndarray, files: list[str], path: Path, name: str) -> None:
     gaps = np.diff(np.sort(pos))
     step = float(np.median(gaps))
     bad = np.nonzero(np.abs(gaps - step) > max(0.01 * abs(step), 1e-3))[0]

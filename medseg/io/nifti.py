@@ -62,17 +62,27 @@ def nonfinite(p: Path, img) -> np.ndarray | None:
     return np.ascontiguousarray(bad.reshape(bad.shape[:3]).transpose(2, 1, 0))
 
 
+def _decompressed_size(p: Path) -> int:
+    """Bytes a gzip file decompresses to (every member), 0 when it is damaged."""
+    total = 0
+    try:
+        with gzip.open(p, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 22), b""):
+                total += len(block)
+    except (OSError, EOFError):
+        return 0
+    return total
+
+
 def check_complete(p: Path, name: str) -> None:
     """Catch truncated NIfTI files, which ITK may read without complaint (zero-filled).
 
     The expected size comes from the header; for gzip files the stream's trailer stores the
-    uncompressed size (mod 2**32), so no decompression is needed.
+    uncompressed size (mod 2**32), so usually no decompression is needed.
     """
-
     with open(p, "rb") as fh:
         gzipped = fh.read(2) == b"\x1f\x8b"  # by content: names can lie either way
     try:
-
         opener = gzip.open if gzipped else open
         with opener(p, "rb") as fh:
             raw = fh.read(540)
@@ -89,7 +99,8 @@ def check_complete(p: Path, name: str) -> None:
         with open(p, "rb") as fh:
             fh.seek(-4, os.SEEK_END)
             (isize,) = struct.unpack("<I", fh.read(4))
-        ok = isize == expected % (1 << 32)
+        # the trailer is the last member's; a multi-member (bgzip-style) file is decompressed
+        ok = isize == expected % (1 << 32) or _decompressed_size(p) >= expected
     else:
         ok = p.stat().st_size >= expected
     if not ok:

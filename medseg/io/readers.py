@@ -128,6 +128,7 @@ def read_image(path: str | os.PathLike, *, series: str | None = None, name: str 
         raise InputError(f"{name} {p}: a broken or looping symbolic link")
     if not p.exists():
         raise InputError(f"{name} {p}: no such file or folder")
+    _regular(p, name)
     io = image_io_for(p)
     if io is None:
         raise InputError(_explain_read_error(p, "", name))
@@ -141,6 +142,36 @@ def read_image(path: str | os.PathLike, *, series: str | None = None, name: str 
         arr[nonfinite.reshape(arr.shape)] = np.nan  # ITK's NIfTI reader turns NaN into 0
         vol = vol.with_array(arr)
     return vol
+
+
+def _regular(p: Path, name: str) -> None:
+    """Reads that could block forever are refused: a FIFO, a device, or a header (``.nhdr``,
+    ``.mhd``) whose data file is one."""
+    if not (p.is_dir() or p.is_file()):
+        raise InputError(f"{name} {p}: not a regular file (a pipe or a device?); give the "
+                         "image file itself")
+    if p.is_file() and suffix_of(p) in (".nhdr", ".mhd"):
+        for data in _data_files(p):
+            if data.exists() and not data.is_file():
+                raise InputError(f"{name} {p}: its data file {data} is not a regular file (a "
+                                 "pipe or a device?)")
+
+
+def _data_files(header: Path) -> list[Path]:
+    """The data files a detached NRRD or MetaImage header names."""
+    out = []
+    try:
+        with open(header, "rb") as fh:
+            text = fh.read(1 << 16).decode("latin-1")
+    except OSError:
+        return out
+    for line in text.splitlines():
+        key, _, value = line.partition(":" if header.suffix.lower() == ".nhdr" else "=")
+        if key.strip().lower() in ("data file", "datafile", "elementdatafile"):
+            value = value.strip()
+            if value and not value.upper().startswith(("LIST", "LOCAL")):
+                out.append(header.parent / value.split()[0])
+    return out
 
 
 def _readable(p: Path, name: str) -> None:
