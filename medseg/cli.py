@@ -202,12 +202,14 @@ def _out(msg: str) -> None:
 
 INPUTS = {  # the command's own inputs (not settings)
     "support": (Optional[list[Path]], typer.Option(
-        "--support", "-s", metavar="SCAN", help="Support scan(s) with the painted slice(s): NIfTI, NRRD "
-        "or DICOM folder; repeatable (every query slice may take its match from any).")),
+        "--support", "-s", metavar="SCAN", readable=False,
+        help="Support scan(s) with the painted slice(s): NIfTI, NRRD or DICOM folder; "
+        "repeatable (every query slice may take its match from any).")),
     "support_label": (Optional[list[Path]], typer.Option(
-        "--support-label", "-l", metavar="LABEL", help="Its label(s): label map, Slicer .seg.nrrd, "
-        "DICOM-SEG or RTSTRUCT (default: found beside each support); one painted slice is "
-        "enough; repeatable, in the order of --support.")),
+        "--support-label", "-l", metavar="LABEL", readable=False,
+        help="Its label(s): label map, Slicer .seg.nrrd, DICOM-SEG or RTSTRUCT (default: "
+        "found beside each support); one painted slice is enough; repeatable, in the order "
+        "of --support.")),
     "query": (Optional[list[str]], typer.Option(
         "--query", "-i", metavar="QUERY", help="Scan(s) to segment: a file, a DICOM folder, a folder of "
         "scans, a glob, or a .txt/.csv list; repeatable. Omitted: the support scan itself.")),
@@ -243,6 +245,7 @@ def segment_parameters() -> list[inspect.Parameter]:
             shown = ",".join(default) if isinstance(default, tuple) else default
             info = typer.Option(*leaf.opt.flags, help=leaf.opt.help, metavar=leaf.opt.metavar,
                                 show_default=shown is not None and shown is not False,
+                                readable=False,  # medseg checks paths (exit 3 or 4, not 2)
                                 rich_help_panel=PANELS.get(owner.__name__))
             params.append(inspect.Parameter(leaf.name, inspect.Parameter.KEYWORD_ONLY,
                                             default=shown, annotation=Annotated[kind, info]))

@@ -12,7 +12,7 @@ from typing import Any
 from . import export
 from .api import Segmenter
 from .checkpoints import resolve_checkpoint
-from .cohort import Job, expand_queries, run_cohort
+from .cohort import Job, expand_queries, list_files, run_cohort
 from .config import CohortSpec, ModelConfig, OutputSpec, SegmentConfig
 from .errors import InputError, UsageError
 from .export.dicom_seg import check_seg_sources
@@ -21,7 +21,6 @@ from .labels import find_label_beside
 from .timing import Timer, stage_reporter
 
 Say = Callable[[str], None]
-LIST_SUFFIXES = (".txt", ".csv", ".lst")
 
 
 def segment(options: dict[str, Any], settings: dict[str, Any], say: Say, out: Say,
@@ -49,12 +48,11 @@ def segment(options: dict[str, Any], settings: dict[str, Any], say: Say, out: Sa
     queries = expand_queries(specs) if specs else [supports[0]]  # none: the painted scan
     seg = Segmenter(model, progress=not quiet)
     single = len(queries) == 1 and len(specs) <= 1 and (not specs or queries[0] == Path(specs[0]))
-    if single and not (coh.resume or coh.ref or coh.workers > 1):
+    if single and not (coh.resume or coh.ref or coh.workers > 1 or coh.query_timeout):
         segment_one(seg, supports, labels, queries[0] if specs else None, cfg, spec, say, out)
         return
-    lists = [q for q in specs if Path(q).is_file() and Path(q).suffix.lower() in LIST_SUFFIXES]
     run_cohort(seg, Job(tuple(map(str, supports)), tuple(map(str, labels)), cfg, spec, coh),
-               queries, say, verbose, lists, lambda: check_model(model, cfg))
+               queries, say, verbose, list_files(specs), lambda: check_model(model, cfg))
 
 
 def check_before_work(supports: list[Path], labels: list[Path], model: ModelConfig,

@@ -334,9 +334,15 @@ class CohortSpec:
                               "labels named like the queries (adds Dice/HD95 to the summary).")
     workers: int = option(1, "--workers", check=_int("workers", 1, 1024),
                           help="Cohort: Ray workers (one model each).")
-    ray_address: str | None = option(None, "--ray-address", check=_text("ray_address"),
+    ray_address: str | None = option(None, "--ray-address", check=opt.check_ray_address,
+                                     metavar="HOST:PORT",
                                      help="Cohort: a running Ray cluster (default: a local one "
                                      "of medseg's own).")
+    query_timeout: float | None = option(None, "--query-timeout", metavar="SECONDS",
+                                         check=lambda v: opt.check_positive(v, "query_timeout"),
+                                         help="Cohort: a query taking longer (reading, "
+                                         "segmenting, writing) is recorded as failed and the "
+                                         "rest go on.")
 
     def __post_init__(self) -> None:
         _checked(self)

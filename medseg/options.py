@@ -155,6 +155,19 @@ def check_text(value: str, option: str) -> str:
     return text
 
 
+def check_ray_address(value: str) -> str:
+    """A Ray cluster's address: ``auto``, ``HOST:PORT`` or ``ray://HOST:PORT`` (reachability
+    is checked before any work, see :func:`medseg.cohort.cluster.check_reachable`)."""
+    text = check_text(value, "ray_address")
+    if text == "auto":
+        return text
+    m = re.fullmatch(r"(ray://)?(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})", text)
+    if not m or not 0 < int(m.group(3)) < 65536:
+        raise UsageError(f"ray_address {ascii(value)}: give auto, HOST:PORT or ray://HOST:PORT "
+                         "(e.g. 10.0.0.5:6379)", option="ray_address")
+    return text
+
+
 def check_formats(formats: str | Sequence[str]) -> tuple[str, ...]:
     """Output formats, each one of :data:`FORMATS`, at least one."""
     items = split_list(formats) or []

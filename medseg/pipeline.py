@@ -27,6 +27,7 @@ from .config import SegmentConfig, to_dict
 from .errors import InputError, UsageError
 from .frames import FrameStack, choose_window, parse_window, volume_to_frames
 from .io import Volume, check_finite, check_not_label, read_image, same_geometry
+from .io.fingerprint import fingerprint
 from .labels import LabelPlan, SupportLabel, make_plan, read_support_label
 from .locate import CORRESPONDENCE, Correspondence, correspond
 from .match import Matcher, make_matcher
@@ -384,7 +385,8 @@ def _describe_supports(result: Result, done: list[CompletedSupport], s_frames: l
     rep = result.report
     rep.support_completion = done[0].describe(s_frames[0], loaded[0][0])
     if len(loaded) > 1:
-        rep.inputs["supports"] = [{"path": s.path, "label": lab.path} for s, lab in loaded]
+        rep.inputs["supports"] = [{"path": s.path, "label": lab.path, "fingerprint": _print(
+            s.path), "label_fingerprint": _print(lab.path)} for s, lab in loaded]
         rep.location["supports"] = [
             {"support": j + 1, **c.describe(),
              "completion": d.describe(f, s)} for j, (c, d, f, (s, _)) in
@@ -543,11 +545,17 @@ def config_record(cfg: SegmentConfig) -> dict:
 def _inputs_dict(inputs: Inputs, frames: Frames, cfg: SegmentConfig) -> dict:
     s, q = inputs.support, inputs.query
     return {
-        "support": {"path": s.path, **s.geometry(), **_source(s)},
-        "support_label": {**inputs.label.describe()},
-        "query": {"path": q.path, **q.geometry(), **_source(q), "axis": cfg.axis,
+        "support": {"path": s.path, **s.geometry(), **_source(s), "fingerprint": _print(s.path)},
+        "support_label": {**inputs.label.describe(), "fingerprint": _print(inputs.label.path)},
+        "query": {"path": q.path, **q.geometry(), **_source(q), "fingerprint": _print(q.path),
+                  "axis": cfg.axis,
                   "frames": len(frames.query), "intensity": frames.query.intensity},
     }
+
+
+def _print(path: str | None) -> str | None:
+    """The input's content fingerprint (what ``--resume`` compares)."""
+    return fingerprint(path) if path else None
 
 
 def _source(v: Volume) -> dict:

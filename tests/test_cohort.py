@@ -1,6 +1,8 @@
-"""Cohorts: many queries in one run, failures recorded, resume, Ray workers, MONAI."""
+"""Cohorts: many queries in one run, failures recorded, resume, time limits, summaries,
+Ray workers, MONAI. Every cohort's inputs are checksummed before and after the test."""
 
 import csv
+import hashlib
 import json
 import shutil
 
@@ -8,7 +10,7 @@ import numpy as np
 import pytest
 from conftest import TRANSFER, phantom, run_cli, write_case
 
-from medseg.cohort import expand_queries, output_stems, outputs_valid
+from medseg.cohort import Job, expand_queries, output_stems
 from medseg.errors import EXIT_PARTIAL
 from medseg.io import read_image, write_image
 
@@ -27,7 +29,17 @@ def cohort(tmp_path):
         write_image(img, qdir / f"case{i}.nii.gz")
         write_image(lab, refs / f"case{i}.nii.gz")
     (qdir / "broken.nii.gz").write_bytes(b"not a scan at all" * 10)
-    return files, qdir, refs
+    inputs = _input_digests(tmp_path)
+    yield files, qdir, refs
+    after = _input_digests(tmp_path)
+    assert {k: after.get(k) for k in inputs} == inputs, "a cohort changed one of its inputs"
+
+
+def _input_digests(root):
+    """Every input file under ``root`` (outputs live in folders named out*)."""
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()
+            and not p.relative_to(root).parts[0].startswith("out")}
 
 
 def _summary(out):
@@ -111,8 +123,7 @@ def test_segment_many_and_support_reuse(cohort, random_checkpoint):
 @pytest.mark.slow
 def test_two_ray_workers_match_the_serial_run(tmp_path, cohort, capsys):
     pytest.importorskip("ray")
-    files, qdir, _ = cohort
-    (qdir / "broken.nii.gz").unlink()
+    files, qdir, _ = _good(cohort)
     serial, par = tmp_path / "serial", tmp_path / "ray"
     base = ["segment", "-s", files["s"], "-l", files["l"], "-i", qdir, *TRANSFER]
     assert run([*base, "-o", serial], capsys)[0] == 0
@@ -153,14 +164,20 @@ def test_monai_dictionary_transform(cohort):
 
 def test_outputs_valid_checks_content(tmp_path, cohort):
     from medseg.api import Segmenter
+    from medseg.config import OutputSpec, SegmentConfig
 
     files, qdir, _ = cohort
-    res = Segmenter().segment(files["s"], files["l"], qdir / "case0.nii.gz", method="transfer",
-                              bank_size=1)
-    paths = res.save(tmp_path / "o")
-    assert outputs_valid(paths)
-    paths["report"].write_text("{")
-    assert not outputs_valid(paths)
+    cfg = SegmentConfig.from_options(method="transfer", bank_size=1)
+    q = qdir / "case0.nii.gz"
+    res = Segmenter().segment(files["s"], files["l"], q, cfg)
+    job = Job((files["s"],), (files["l"],), cfg, OutputSpec(folder=tmp_path / "out"))
+    res.save(job.output.folder, job.output.formats, stem="case0")
+    assert job.why_redo(q, "case0") is None
+    assert "other settings" in Job((files["s"],), (files["l"],), SegmentConfig.from_options(
+        method="transfer", bank_size=2), job.output).why_redo(q, "case0")
+    assert "another query" in job.why_redo(qdir / "case1.nii.gz", "case0")
+    job.paths("case0")["report"].write_text("{")
+    assert "report" in job.why_redo(q, "case0")
 
 
 def _digests(folder):
@@ -201,3 +218,267 @@ def test_cohort_inputs_protected_when_written(tmp_path, cohort):
         with OutputTransaction(True, input_files([qdir])) as tx:
             tx.add(target, lambda p: p.write_bytes(b"x"))
     assert _digests(qdir) == before
+
+
+def _good(cohort):
+    """The cohort's good queries alone (copied into their own folder)."""
+    files, qdir, refs = cohort
+    good = qdir.parent / "good"
+    good.mkdir()
+    for name in ("case0.nii.gz", "case1.nii.gz"):
+        shutil.copy(qdir / name, good / name)
+    return files, good, refs
+
+
+def test_11_resume_redoes_damaged_foreign_or_stale_outputs(tmp_path, cohort, capsys):
+    """--resume keeps only outputs that are whole, on the query's grid and made from the
+    same settings and input contents: a half .seg.nrrd, a labelmap with one flipped byte in
+    its compressed stream, a labelmap on another grid, other --names or an edited label are
+    all redone."""
+    files, qdir, _ = _good(cohort)
+    out = tmp_path / "out"
+    args = ["segment", "-s", files["s"], "-l", files["l"], "-i", qdir, "-o", out, *TRANSFER]
+    assert run(args, capsys)[0] == 0
+
+    def resumed(*extra):
+        code, _, err = run([*args, "--resume", *extra], capsys)
+        assert code == 0, err
+        return {k: r["status"] for k, r in _summary(out).items()}
+
+    assert resumed() == {"case0": "skipped", "case1": "skipped"}
+    seg = out / "case0.seg.nrrd"
+    seg.write_bytes(seg.read_bytes()[: seg.stat().st_size // 2])
+    nii = out / "case1_labels.nii.gz"
+    raw = bytearray(nii.read_bytes())
+    raw[len(raw) // 2] ^= 0x40
+    nii.write_bytes(bytes(raw))
+    assert resumed() == {"case0": "ok", "case1": "ok"}
+    assert resumed() == {"case0": "skipped", "case1": "skipped"}
+    other, _ = phantom(shape=(5, 30, 32), seed=1)  # a labelmap on another grid
+    write_image(other, out / "case0_labels.nii.gz")
+    assert resumed() == {"case0": "ok", "case1": "skipped"}
+    assert read_image(out / "case0_labels.nii.gz").shape == (8, 30, 32)
+    assert resumed("--names", "kidney,gland") == {"case0": "ok", "case1": "ok"}
+    assert resumed("--names", "kidney,gland") == {"case0": "skipped", "case1": "skipped"}
+
+
+def test_11_resume_redoes_after_the_label_was_corrected(tmp_path, cohort, capsys):
+    files, qdir, _ = _good(cohort)
+    label = tmp_path / "out_label" / "label.nii.gz"  # the user's label, corrected later
+    label.parent.mkdir()
+    shutil.copy(files["l"], label)
+    out = tmp_path / "out"
+    args = ["segment", "-s", files["s"], "-l", label, "-i", qdir, "-o", out, *TRANSFER,
+            "--resume"]
+    assert run(args, capsys)[0] == 0
+    lab = read_image(label)
+    lab.array[lab.array.shape[0] // 2, :3, :3] = 1  # a correction of a few voxels
+    write_image(lab, label)
+    assert run(args, capsys)[0] == 0
+    assert {r["status"] for r in _summary(out).values()} == {"ok"}
+
+
+def test_12_summary_not_replaced_without_overwrite_and_merged_on_resume(tmp_path, cohort,
+                                                                         capsys):
+    files, qdir, _ = _good(cohort)
+    out = tmp_path / "out"
+    base = ["segment", "-s", files["s"], "-l", files["l"], "-o", out, *TRANSFER]
+    assert run([*base, "-i", qdir / "case0.nii.gz", "-i", qdir / "case1.nii.gz"], capsys)[0] == 0
+    before = (out / "cohort_summary.json").read_bytes()
+    solo = tmp_path / "other" / "case9.nii.gz"
+    solo.parent.mkdir()
+    shutil.copy(qdir / "case0.nii.gz", solo)
+    code, _, err = run([*base, "-i", solo, "-i", qdir / "case1.nii.gz"], capsys)
+    assert code == 4 and "exists" in err, err
+    assert (out / "cohort_summary.json").read_bytes() == before
+    assert run([*base, "-i", solo, "-i", qdir / "case1.nii.gz", "--resume"], capsys)[0] == 0
+    rows = _summary(out)
+    assert {k: r["status"] for k, r in rows.items()} == \
+        {"case0": "ok", "case9": "ok", "case1": "skipped"}
+    assert json.loads((out / "cohort_summary.json").read_text())["carried_over"] == 1
+
+
+def test_10_a_hanging_query_is_timed_out_and_the_rest_go_on(tmp_path, cohort, capsys,
+                                                            monkeypatch):
+    """A read that never returns and a computation that never returns: each query is
+    recorded as failed after --query-timeout, the others are segmented, the summary is
+    written."""
+    import threading
+
+    import medseg.cohort.runner as runner
+
+    files, qdir, _ = _good(cohort)
+    shutil.copy(qdir / "case0.nii.gz", qdir / "case2.nii.gz")
+    release = threading.Event()
+    load, segment = runner.load_query, runner.Segmenter.segment
+
+    def hanging_load(q, cfg):
+        if "case0" in str(q):
+            release.wait(60)
+        return load(q, cfg)
+
+    def hanging_segment(self, s, lab, q, cfg):
+        if "case1" in str(getattr(q, "path", q)):
+            release.wait(60)
+        return segment(self, s, lab, q, cfg)
+
+    monkeypatch.setattr(runner, "load_query", hanging_load)
+    monkeypatch.setattr(runner.Segmenter, "segment", hanging_segment)
+    out = tmp_path / "out"
+    try:
+        code, _, err = run(["segment", "-s", files["s"], "-l", files["l"], "-i", qdir, "-o",
+                            out, *TRANSFER, "--query-timeout", "3"], capsys)
+    finally:
+        release.set()
+    assert code == EXIT_PARTIAL, err
+    rows = _summary(out)
+    assert rows["case0"]["status"] == rows["case1"]["status"] == "failed"
+    assert "query-timeout" in rows["case0"]["error"]
+    assert rows["case2"]["status"] == "ok"
+    assert float(rows["case1"]["seconds"]) < 10
+
+
+def test_10_an_interrupted_cohort_still_writes_its_summary(tmp_path, cohort):
+    """SIGTERM in the middle of a cohort: exit 143, the finished queries' outputs whole,
+    the summary written with the queries not reached listed as not run."""
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+
+    files, qdir, _ = _good(cohort)
+    for i in range(2, 5):
+        shutil.copy(qdir / "case0.nii.gz", qdir / f"case{i}.nii.gz")
+    out = tmp_path / "out"
+    args = ["segment", "-s", files["s"], "-l", files["l"], "-i", qdir, "-o", out, *TRANSFER]
+    code = textwrap.dedent(f"""
+        import signal, sys, time
+        import medseg.cli as cli, medseg.cohort.runner as runner
+        load = runner.load_query
+        def slow(q, cfg):
+            time.sleep(1.5)
+            return load(q, cfg)
+        runner.load_query = slow
+        signal.signal(signal.SIGTERM, cli._on_sigterm)
+        sys.exit(cli.main({[str(a) for a in args]!r}))
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)
+    for line in proc.stderr:
+        if line.startswith("[1/"):
+            proc.send_signal(signal.SIGTERM)
+            break
+    err = proc.stderr.read()
+    assert proc.wait(120) == 143, err
+    rows = _summary(out)
+    assert len(rows) == 5 and "not run" in {r["status"] for r in rows.values()}
+    for stem, r in rows.items():
+        if r["status"] == "ok":
+            assert read_image(out / f"{stem}_labels.nii.gz").shape == (8, 30, 32)
+
+
+def test_13_ray_addresses_checked_before_any_work(tmp_path, cohort, capsys):
+    files, qdir, _ = _good(cohort)
+    for address, code_, text in (("not an address", 2, "HOST:PORT"),
+                                 ("127.0.0.1:1", 5, "no Ray cluster answers")):
+        out = tmp_path / "out"
+        code, _, err = run(["segment", "-s", files["s"], "-l", files["l"], "-i", qdir, "-o",
+                            out, *TRANSFER, "--workers", "2", "--ray-address", address], capsys)
+        assert code == code_ and text in err, err
+        assert not out.exists()
+
+
+def _ray_workers() -> list[int]:
+    """Pids of medseg's Ray worker processes (their process title names the actor)."""
+    import os
+
+    pids = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/cmdline", "rb") as fh:
+                    if b"_RayWorker" in fh.read():
+                        pids.append(int(d))
+            except OSError:
+                pass
+    return pids
+
+
+def test_13_14_ray_worker_death_is_retried_on_its_own_private_cluster(tmp_path, cohort, capsys,
+                                                                      monkeypatch):
+    """Two workers on medseg's own cluster (a RAY_ADDRESS in the environment is not
+    adopted; its temporary folder is private; a client without the run's token is
+    refused); one worker is killed after the first query: its query goes to the other
+    worker, every query is segmented, the summary lists them all."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    ray = pytest.importorskip("ray")
+    import medseg.cohort as cohort_module
+
+    files, qdir, _ = _good(cohort)
+    for i in range(2, 5):
+        shutil.copy(qdir / "case0.nii.gz", qdir / f"case{i}.nii.gz")
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")  # another cluster: must not be adopted
+    seen = {}
+    say = cohort_module._bar
+
+    def bar(total, say_, rows):
+        update = say(total, say_, rows)
+
+        def killing(row):
+            update(row)
+            if not seen:
+                node = ray._private.worker.global_worker.node
+                seen["temp"] = node.get_temp_dir_path()
+                seen["mode"] = os.stat(os.path.dirname(seen["temp"])).st_mode
+                env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+                stranger = subprocess.Popen(
+                    [sys.executable, "-c", "import ray; ray.init(address="
+                     f"{node.gcs_address!r}); print('connected', flush=True)"], env=env,
+                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                for line in stranger.stdout:  # refused at once (Ray would retry for a while)
+                    if "InvalidAuthToken" in line or "connected" in line:
+                        seen["stranger"] = line
+                        break
+                stranger.kill()
+                stranger.wait()
+                seen["killed"] = _ray_workers()[0]
+                os.kill(seen["killed"], signal.SIGKILL)
+        return killing
+
+    monkeypatch.setattr(cohort_module, "_bar", bar)
+    out = tmp_path / "out"
+    code, _, err = run(["segment", "-s", files["s"], "-l", files["l"], "-i", qdir, "-o", out,
+                        *TRANSFER, "--workers", "2"], capsys)
+    assert code == 0, err
+    assert {r["status"] for r in _summary(out).values()} == {"ok"} and len(_summary(out)) == 5
+    assert "a Ray worker died while segmenting" in err and "given to another worker" in err
+    assert not seen["temp"].startswith("/tmp/ray") and seen["mode"] & 0o077 == 0
+    assert "InvalidAuthToken" in seen["stranger"]  # no token: refused
+    assert os.environ.get("RAY_AUTH_TOKEN") is None  # the token left with the cluster
+
+
+def test_13_sigterm_to_a_ray_driver_is_exit_143_with_a_summary(tmp_path, cohort):
+    import signal
+    import subprocess
+    import sys
+
+    pytest.importorskip("ray")
+    files, qdir, _ = _good(cohort)
+    for i in range(2, 10):
+        shutil.copy(qdir / "case0.nii.gz", qdir / f"case{i}.nii.gz")
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "medseg.cli", "segment", "-s", files["s"],
+                             "-l", files["l"], "-i", qdir, "-o", out, *TRANSFER, "--workers",
+                             "2"], stderr=subprocess.PIPE, text=True)
+    for line in proc.stderr:
+        if line.startswith("[1/"):
+            proc.send_signal(signal.SIGTERM)
+            break
+    err = proc.stderr.read()
+    assert proc.wait(120) == 143, err
+    assert "Traceback" not in err and "medseg: terminated" in err
+    rows = _summary(out)
+    assert len(rows) == 10 and {"ok", "not run"} <= {r["status"] for r in rows.values()}

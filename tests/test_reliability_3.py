@@ -325,3 +325,37 @@ def test_9_a_native_death_of_the_work_is_one_line_and_exit_5(monkeypatch, capsys
     err = capsys.readouterr().err
     if code_ == 5:
         assert "out of memory" in err and len(err.strip().splitlines()) == 1
+
+
+def test_15_write_only_output_and_unreadable_label_exit_codes(tmp_path):
+    """A write-only output folder is an output problem (4), an unreadable label an input
+    problem (3), each one line (run as an unprivileged user: permissions bind)."""
+    import shutil
+    import tempfile
+
+    as_user = [] if os.getuid() else [shutil.which("setpriv"), "--reuid=65534",
+                                      "--regid=65534", "--clear-groups"]
+    if as_user and not as_user[0]:
+        pytest.skip("running as root without setpriv: permissions do not bind")
+    root = tempfile.mkdtemp(prefix="medseg-perm-")
+    try:
+        os.chmod(root, 0o777)
+        case = {k: str(v) for k, v in write_case(__import__("pathlib").Path(root)).items()}
+        for f in case.values():
+            os.chmod(f, 0o644)
+        out = os.path.join(root, "out")
+        os.mkdir(out, 0o333)
+        os.chmod(out, 0o333)  # write-only (umask aside)
+        base = [*as_user, sys.executable, "-m", "medseg.cli", "segment", "-s", case["s"],
+                "-i", case["q"], *TRANSFER]
+        env = {**os.environ, "HOME": root}
+        r = subprocess.run([*base, "-l", case["l"], "-o", out], capture_output=True, text=True,
+                           env=env, timeout=120)
+        assert r.returncode == 4 and "not readable" in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1
+        os.chmod(case["l"], 0o000)
+        r = subprocess.run([*base, "-l", case["l"], "-o", os.path.join(root, "o2")],
+                           capture_output=True, text=True, env=env, timeout=120)
+        assert r.returncode == EXIT_INPUT and "not readable" in r.stderr, r.stderr
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

@@ -95,8 +95,11 @@ def check_output_dir(out_dir: str | os.PathLike) -> None:
     probe = out
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
-    if not os.access(probe, os.W_OK):
+    if not os.access(probe, os.W_OK | os.X_OK):
         raise OutputError(f"{out}: folder is not writable; choose another output folder with -o")
+    if probe == out and not os.access(out, os.R_OK):  # what is there must be looked at
+        raise OutputError(f"{out}: folder is not readable (write-only); choose another output "
+                          "folder with -o, or make it readable")
 
 
 def prepare_output_dir(out_dir: str | os.PathLike) -> Path:
