@@ -205,13 +205,15 @@ def resolve_checkpoint(
     if checkpoint is not None:
         p = Path(checkpoint).expanduser()
         if not p.is_file():
-            raise ModelError(f"checkpoint {p}: no such file")
+            raise ModelError(f"checkpoint {p}: no such file (without SAM2 weights, "
+                             "--method transfer runs weight-free)")
         return p, "argument"
     env = os.environ.get(ENV_CHECKPOINT)
     if env:
         p = Path(env).expanduser()
         if not p.is_file():
-            raise ModelError(f"checkpoint {p} (from ${ENV_CHECKPOINT}): no such file")
+            raise ModelError(f"checkpoint {p} (from ${ENV_CHECKPOINT}): no such file (without "
+                             "SAM2 weights, --method transfer runs weight-free)")
         return p, "environment"
     target = cache_dir() / spec.filename
     if target.is_file():

@@ -153,6 +153,14 @@ def _out_of_memory() -> None:
     raise typer.Exit(EXIT_RUNTIME) from None
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Log lines to whatever ``sys.stderr`` is when they are written."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"medseg {__version__}")
@@ -168,10 +176,13 @@ def _main(
 ) -> None:
     STATE["verbose"], STATE["quiet"] = verbose, quiet
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    medseg_log = logging.getLogger("medseg")
+    medseg_log.handlers[:] = []
+    medseg_log.setLevel(logging.NOTSET)
+    medseg_log.propagate = True
     if verbose:  # medseg's own stage log with timings (not every library's debug output)
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("medseg: %(message)s"))
-        medseg_log = logging.getLogger("medseg")
         medseg_log.setLevel(logging.INFO)
         medseg_log.handlers[:] = [handler]
         medseg_log.propagate = False

@@ -118,9 +118,9 @@ def segment_one(seg: Segmenter, supports: list[Path], labels: list[Path], query:
     say(f"segmented {len(result.query_frames)} frames on {eng.get('device', 'cpu, no model')} "
         f"in {sum(v for k, v in t.items() if k != 'model_load'):.1f} s")
     for st in result.report.statistics:
-        ext = "absent" if not st["slices"] else (
-            f"{st['slices']} slices ({st['first_slice']}-{st['last_slice']}, "
-            f"{st['extent_mm']:g} mm)")
+        n = st["slices"]
+        ext = "absent" if not n else (f"{n} slice{'s' * (n != 1)} ({st['first_slice']}-"
+                                      f"{st['last_slice']}, {st['extent_mm']:g} mm)")
         score = "" if st["mean_object_score"] is None else \
             f", mean object score {st['mean_object_score']:+.2f}"
         say(f"  {st['name']}: {st['volume_ml']:.1f} ml, {ext}{score}")

@@ -18,6 +18,9 @@ setting never reaches a stage.
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import textwrap
+import typing
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -265,8 +268,9 @@ class SegmentConfig:
                                  "with transfer).")
     axis: str = option("axial", "--axis", choices=opt.AXES, help="Slicing axis.")
     window: str | None = option(None, "--window", check=opt.check_window,
-                                help="CT window: abdomen (default), soft-tissue, lung, bone, "
-                                "brain, or LEVEL,WIDTH.")
+                                help="CT window: abdomen, soft-tissue, lung, bone, brain, or "
+                                "LEVEL,WIDTH (default: chosen from the structures, recorded "
+                                "in the report).")
     modality: str = option("auto", "--modality", choices=opt.MODALITIES,
                            help="Intensity handling.")
     query_series: str | None = option(None, "--series", name="query_series",
@@ -426,3 +430,38 @@ def to_dict(obj: Any) -> dict[str, Any]:
             return {k: plain(x) for k, x in v.items()}
         return v
     return plain(dataclasses.asdict(obj))
+
+
+# --- documentation from the fields -------------------------------------------------------------
+
+
+def _document(cls: type) -> None:
+    """Append an ``Args:`` section (MONAI style) to ``cls``'s docstring, written from its
+    fields' help: each option's flat name, type, default and command-line flag; a group's
+    options are listed with their group."""
+    hints = typing.get_type_hints(cls)
+    lines = ["", "Args:"]
+    for f in fields(cls):
+        if f.metadata.get("group"):
+            inner = ", ".join(leaf.name for leaf in leaves(f.default_factory))  # type: ignore
+            text = (f"the {f.default_factory.__name__} group ({inner}); each of its options "  # type: ignore
+                    "may also be given by name, flat.")
+        elif "option" not in f.metadata:
+            continue
+        else:
+            o: Opt = f.metadata["option"]
+            default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+            flag = f" Command line: {o.flags[0].split('/')[0]}." if o.cli and o.flags else ""
+            text = f"{o.help} Default: {default!r}.{flag}"
+            if o.name and o.name != f.name:
+                text += f" Flat name: {o.name}."
+        kind = getattr(hints[f.name], "__name__", None) or str(hints[f.name])
+        wrapped = textwrap.wrap(f"{f.name} ({kind}): {text}", 84)
+        lines += ["    " + wrapped[0]] + ["        " + w for w in wrapped[1:]]
+    doc = inspect.cleandoc(cls.__doc__ or "")
+    cls.__doc__ = doc + "\n" + "\n".join(lines) + "\n"
+
+
+for _cls in (ModelConfig, BankConfig, SupportConfig, LocateConfig, PostConfig, SegmentConfig,
+             OutputSpec, CohortSpec):
+    _document(_cls)

@@ -101,7 +101,7 @@ def from_ctbl(path: Path) -> dict[int, SegmentInfo]:
     return out
 
 
-_ITKSNAP = re.compile(r'^\s*(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+\S+\s+\S+\s+\S+\s+"(.*)"\s*$')
+_ITKSNAP = re.compile(r'^\s*(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+\S+\s+\S+\s+\S+\s+"(.*)"\s*$', re.M)
 
 
 def from_itksnap(path: Path) -> dict[int, SegmentInfo]:
