@@ -1,4 +1,8 @@
-"""The real sam2 predictor with a random-weight checkpoint (CPU, image size 256)."""
+"""The real sam2 predictor with a random-weight checkpoint (CPU, image size 256).
+
+Runs of SAM2 end to end are marked ``slow``; the engine's unit tests (build, state keys,
+checkpoint checks, the overlap rule, the comparison with stock sam2) run in the fast
+suite."""
 
 import numpy as np
 import pytest
@@ -6,8 +10,6 @@ import pytest
 from medseg.checkpoints import infer_model_size, load_state_dict
 from medseg.engine import build_random_checkpoint
 from medseg.errors import DeviceError, ModelError
-
-pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +81,7 @@ def test_unsupported_sam2_is_refused(monkeypatch):
         predictor.check_compatibility()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("batch_size", [1, 3])
 def test_equal_to_stock_sam2(random_checkpoint, batch_size):
     """medseg's engine against stock sam2's public API on the same frames: bit-identical at
@@ -121,6 +124,7 @@ def test_equal_to_stock_sam2(random_checkpoint, batch_size):
     assert not np.array_equal(moved.logits[0], pair.logits[0])
 
 
+@pytest.mark.slow
 def test_pairs_and_volume_shapes(engine):
     q = frames()
     bank = frames(3, seed=1)
@@ -142,6 +146,7 @@ def test_pairs_and_volume_shapes(engine):
     assert not (out.labels == 2).any() and np.isnan(out.object_scores[:, 1]).all()
 
 
+@pytest.mark.slow
 def test_inline_matching_with_prior(engine):
     """A prior added to the SAM2-feature distances steers the matches."""
     q, bank = frames(n=5, seed=7), frames(3, seed=8)
@@ -155,6 +160,7 @@ def test_inline_matching_with_prior(engine):
     np.testing.assert_allclose(steered.distances - prior, free.distances, atol=2e-4)  # fp32 at 1e3
 
 
+@pytest.mark.slow
 def test_identity_member_matches_itself(engine):
     bank = frames(4, seed=3)
     d = engine.distances(engine.descriptors(engine.encode(bank)),
@@ -162,6 +168,7 @@ def test_identity_member_matches_itself(engine):
     np.testing.assert_array_equal(d.argmin(1), np.arange(4))
 
 
+@pytest.mark.slow
 def test_feature_store_budget_and_reuse(engine):
     """Volume mode with encoder features kept from matching gives the same result."""
     from medseg.engine.features import entry_mb
@@ -183,6 +190,7 @@ def test_feature_store_budget_and_reuse(engine):
     assert store.encode_seconds > 0 and reused.timings.get("encode", 0) < fresh.timings["encode"]
 
 
+@pytest.mark.slow
 def test_pruning_keeps_results_exact(engine):
     """Dropping outputs beyond SAM2's memory window changes nothing (both directions)."""
     w = engine.predictor.memory_window()
@@ -266,6 +274,7 @@ def test_device_errors(monkeypatch):
     assert select_device("auto").type in ("cpu", "mps")
 
 
+@pytest.mark.slow
 @pytest.mark.gpu
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_cuda_equal_to_stock(random_checkpoint, precision):
@@ -314,6 +323,7 @@ def test_truncated_download_is_rejected(tmp_path, monkeypatch, random_checkpoint
                                   {}).startswith("supplied by the user")
 
 
+@pytest.mark.slow
 def test_absent_object_gives_empty_masks(tmp_path):
     """Where SAM2's object score says 'absent' (negative), the masks are empty."""
     from medseg.engine import Sam2Engine
@@ -340,6 +350,7 @@ def test_overlap_rule():
     np.testing.assert_array_equal(lab, [[1, 2, 2, 0]])
 
 
+@pytest.mark.slow
 def test_kept_masks_are_each_objects_own(engine):
     """``keep_masks``: every object's mask is its logit > 0 (overlaps included) and the
     labelmap is the one made without them."""
@@ -390,3 +401,45 @@ def test_scan_mode_with_prompts_on_several_frames_equals_stock(random_checkpoint
     broken = ours.logits.copy()
     broken[:2] = 0.0
     assert not compare((broken, ours.object_scores), stock)["bitwise_equal"]
+
+
+def test_compare_counts_every_frame():
+    """The comparison with stock sam2 covers every frame: a frame one side lacks makes it
+    fail on logits (infinite difference), not only on pixels."""
+    from medseg.engine.reference import compare
+
+    rng = np.random.default_rng(0)
+    logits, scores = rng.normal(size=(4, 2, 8, 8)).astype(np.float32), rng.normal(size=(4, 2))
+    same = compare((logits, scores), (logits.copy(), scores.copy()))
+    assert same["bitwise_equal"] and same["max_abs_logit_diff"] == 0 == same["frames_missing"]
+    lacking, lacking_scores = logits.copy(), scores.copy()
+    lacking[:2], lacking_scores[:2] = np.nan, np.nan  # e.g. no backward pass
+    c = compare((lacking, lacking_scores), (logits, scores))
+    assert c["frames_missing"] == 2 and c["max_abs_logit_diff"] == np.inf
+    assert not c["bitwise_equal"]
+    c = compare((logits[:3], scores[:3]), (logits, scores))
+    assert c["max_abs_logit_diff"] == np.inf and not c["bitwise_equal"]
+    moved = logits.copy()
+    moved[3, 1, 4, 4] += 1e-3
+    assert compare((moved, scores), (logits, scores))["max_abs_logit_diff"] == \
+        pytest.approx(1e-3, rel=1e-2)
+
+
+@pytest.mark.slow
+def test_a_broken_engine_fails_the_comparison(random_checkpoint, monkeypatch):
+    """An engine that skips the backward pass is caught by the logits comparison."""
+    from medseg.engine import Sam2Engine
+    from medseg.engine.reference import compare, sample_frames, stock_predictor, stock_run
+
+    e = Sam2Engine(model="tiny", checkpoint=str(random_checkpoint), device="cpu", batch_size=1)
+    u8, masks = sample_frames(5, 256, seed=3)
+    s = 2
+    q = (np.delete(u8, s, axis=0) / 255.0).astype(np.float32)
+    track = e.predictor.track
+    monkeypatch.setattr(e.predictor, "track", lambda state, start, reverse=False, prune=True:
+                        iter(()) if reverse else track(state, start, reverse, prune))
+    vol = e.run_volume(q, (u8[s] / 255.0).astype(np.float32), masks, insert_at=s,
+                       keep_logits=True)
+    c = compare((vol.logits, vol.object_scores), stock_run(stock_predictor(e), u8, s, masks,
+                                                           e.autocast))
+    assert c["frames_missing"] == 2 and c["max_abs_logit_diff"] == np.inf, c

@@ -106,14 +106,41 @@ def stock_pairs(predictor, support_u8: np.ndarray, queries_u8: np.ndarray, masks
 
 
 def compare(ours: tuple[np.ndarray, np.ndarray], stock: tuple[np.ndarray, np.ndarray]) -> dict:
-    """Largest logit / object-score difference and mask pixels (logit > 0) that differ."""
+    """How two runs' logits (n, K, H, W) and object scores (n, K) differ, over every frame.
+
+    A frame one side computed and the other did not (NaN on one side only), or arrays of
+    different shapes, count as ``frames_missing`` and make every difference infinite: a
+    comparison never passes on the frames both happened to compute.
+
+    Returns:
+        ``max_abs_logit_diff`` and ``max_abs_score_diff`` (the largest over every frame),
+        ``frames_missing``, ``pixels_differing`` (mask pixels, logit > 0), ``pixels`` and
+        ``bitwise_equal``.
+    """
     (la, sa), (lb, sb) = ours, stock
+    if la.shape != lb.shape or sa.shape != sb.shape:
+        return {"max_abs_logit_diff": float("inf"), "max_abs_score_diff": float("inf"),
+                "frames_missing": abs(len(la) - len(lb)) or len(la), "pixels_differing":
+                int(max(la.size, lb.size)), "pixels": int(max(la.size, lb.size)),
+                "bitwise_equal": False}
+    axes = tuple(range(1, la.ndim))
+    missing = int(((np.isnan(la).all(axis=axes) != np.isnan(lb).all(axis=axes))
+                   | (np.isnan(sa).all(axis=1) != np.isnan(sb).all(axis=1))).sum())
+    nan_differs = bool((np.isnan(la) != np.isnan(lb)).any() or (np.isnan(sa) != np.isnan(sb)).any())
+
+    def largest(a: np.ndarray, b: np.ndarray) -> float:
+        if missing or nan_differs:
+            return float("inf")
+        d = np.abs(a - b)
+        return float(np.nanmax(d)) if not np.isnan(d).all() else 0.0
+
     return {
-        "max_abs_logit_diff": float(np.nanmax(np.abs(la - lb))),
-        "max_abs_score_diff": float(np.nanmax(np.abs(sa - sb))),
+        "max_abs_logit_diff": largest(la, lb),
+        "max_abs_score_diff": largest(sa, sb),
+        "frames_missing": missing,
         "pixels_differing": int(((la > 0) != (lb > 0)).sum()),
         "pixels": int(la.size),
-        "bitwise_equal": bool(np.array_equal(la, lb, equal_nan=True)
+        "bitwise_equal": bool(not missing and np.array_equal(la, lb, equal_nan=True)
                               and np.array_equal(sa, sb, equal_nan=True)),
     }
 
