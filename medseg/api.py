@@ -11,8 +11,10 @@ query::
 
 from __future__ import annotations
 
+import threading
 import warnings
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
 from . import pipeline
@@ -49,17 +51,39 @@ class Segmenter:
         self.progress = progress
         self.caches = Caches()  # the support as read and its banks, across queries
         self._engine: Sam2Engine | None = None
+        self._building: Future | None = None
+        self._lock = threading.Lock()
 
     @property
     def engine(self) -> Sam2Engine:
-        """The loaded :class:`~medseg.engine.Sam2Engine` (loaded on first use)."""
-        if self._engine is None:
-            from .engine import Sam2Engine
+        """The loaded :class:`~medseg.engine.Sam2Engine` (loaded on first use, or waited for
+        when :meth:`segment` started loading it while the scans were read)."""
+        with self._lock:
+            if self._engine is None:
+                building, self._building = self._building, None
+                self._engine = building.result() if building is not None else self._build()
+            return self._engine
 
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message=".*cannot import name '_C'.*")
-                self._engine = Sam2Engine(self.config, progress=self.progress)
-        return self._engine
+    def _build(self) -> Sam2Engine:
+        from .engine import Sam2Engine
+
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*cannot import name '_C'.*")
+            return Sam2Engine(self.config, progress=self.progress)
+
+    def _start_loading(self) -> None:
+        """Build the model in the background (its errors surface when it is needed)."""
+        with self._lock:
+            if self._engine is None and self._building is None:
+                self._building = Future()
+                threading.Thread(target=self._build_into, args=(self._building,), daemon=True,
+                                 name="medseg-model").start()
+
+    def _build_into(self, fut: Future) -> None:
+        try:
+            fut.set_result(self._build())
+        except BaseException as exc:  # raised where the engine is used
+            fut.set_exception(exc)
 
     def segment(self, support: PathOrVolume, support_label: PathOrVolume,
                 query: PathOrVolume | None = None, config: SegmentConfig | None = None,
@@ -87,6 +111,8 @@ class Segmenter:
                 one-line message; subclasses carry the command line's exit codes.
         """
         cfg = with_options(config or SegmentConfig(), **options)
+        if cfg.needs_model:
+            self._start_loading()  # while the scans are read and located
         ctx = RunContext(lambda: self.engine, self.progress, self.config.feature_cache_mb,
                          self.caches)
         with warnings.catch_warnings():

@@ -209,7 +209,7 @@ def combine(props: list[Propagation], groups: list[SupportGroup], n_out: int, sh
     best = np.full(shape, np.inf, np.float32)
     for p, g in zip(props, groups):
         local = np.array([0, *g.outputs], labels.dtype)[p.labels]
-        if frames is None:
+        if frames is None or len(groups) == 1:  # no other group to dispute a pixel
             take = (labels == 0) & (local > 0)
         else:
             z = _unlikeness(frames, local, g)

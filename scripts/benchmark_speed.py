@@ -1,24 +1,35 @@
-"""Speed and memory: medseg's whole job against stock sam2 doing its part of it.
+"""Speed and memory, like for like: medseg's whole job beside stock sam2 doing the same work.
 
-    python scripts/benchmark_speed.py [--sizes 50,100,200,400,1000] [--hw 512] [--device auto]
-        [--image-size 256] [--modes pair,volume] [--batch-size 8] [--checkpoint PATH]
-        [--compile] [--no-raw] [--tag NAME] [--out benchmarks/speed]
+    python scripts/benchmark_speed.py [--sizes 50,100,200,400] [--hw 512] [--device auto]
+        [--image-size 256] [--modes pair,volume,scan] [--batch-size 8] [--bank-size 16]
+        [--checkpoint PATH] [--compile] [--no-raw] [--tag NAME] [--out benchmarks/speed]
 
 For every volume length (synthetic CT-like volumes of SIZE slices of HW x HW; inputs are
-prepared beforehand and not timed), each timed run is a fresh process measured from its
-start to its exit:
+prepared beforehand and not timed) each timed run is a fresh process measured from its
+start to its exit, and every row states ``frames_run``, the query frames SAM2 worked on
+(both sides run every frame: medseg with ``--presence off``):
 
-* medseg: ``medseg segment`` on the NIfTI files (load, frames, support bank, matching with
-  SAM2 features, SAM2, post-processing, writing NIfTI + .seg.nrrd + report, model load and
-  imports included);
-* raw sam2: stock sam2 on the same frames (as JPEGs written beforehand): import, build the
-  predictor from the checkpoint, ``init_state``, ``add_new_mask`` on one frame,
-  ``propagate_in_video``; nothing is written.
+* ``pair`` / ``volume``: ``medseg segment`` of the query from a labelled support scan (load,
+  frames, completion, slice correspondence, bank, matching, SAM2, clean-up, writing NIfTI +
+  .seg.nrrd + report; imports and model load included);
+* ``raw sam2 (its part)``: stock sam2 on the query's frames written as JPEGs beforehand:
+  import, build, ``init_state``, ``add_new_mask`` on one frame, ``propagate_in_video``;
+  nothing read, nothing written -- the strictest baseline;
+* ``raw sam2 (end to end)``: what a user would write without medseg: read the NIfTI files
+  with SimpleITK, window, write the support's labelled slice and the query's frames as
+  JPEGs, ``init_state``, ``add_new_mask`` on the support slice, ``propagate_in_video``,
+  threshold, write the labelmap NIfTI on the query's grid;
+* ``scan`` (same scan, one painted slice): ``medseg segment`` with no query on the scan
+  with one painted slice (the painted structure completed through the scan with SAM2's
+  interactive video mode), beside ``raw sam2 scan (end to end)``: the scan's frames,
+  ``add_new_mask`` on the painted one, propagated forward and backward, written as NIfTI.
 
-Reported: seconds and slices/s of each, medseg's speed-up over raw sam2, medseg's stage
-times (from its report), raw sam2's propagation alone, peak RAM (max RSS) and peak GPU
-memory. Timing does not depend on the weights: without --checkpoint a random-weight tiny
-model built from the real sam2 config is used. Results: CSV + JSON with the machine.
+Each row is the median of ``--repeats`` runs (all rows' runs interleaved); every run's
+total is kept. Reported: seconds and slices/s, medseg's speed-up over each raw row of the same job,
+medseg's stage times (from its report), raw sam2's propagation alone, peak RAM (max RSS)
+and peak GPU memory. Timing does not depend on the weights: without --checkpoint a
+random-weight tiny model built from the real sam2 config is used. Results: CSV + JSON with
+the machine.
 """
 
 from __future__ import annotations
@@ -35,33 +46,82 @@ from pathlib import Path
 
 import numpy as np
 
-RAW = r"""
+_BUILD = r"""
 import json, sys, time
+t_start = time.perf_counter()
 import numpy as np, torch
 from sam2.build_sam import build_sam2_video_predictor
-cfg, ckpt, size, folder, device = sys.argv[1:6]
+cfg, ckpt, size, device = sys.argv[1:5]
 over = [f"++model.image_size={size}"] if int(size) != 1024 else []
 t0 = time.perf_counter()
 pred = build_sam2_video_predictor(cfg, ckpt, device=device, hydra_overrides_extra=over)
 t_build = time.perf_counter() - t0
 ctx = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else torch.no_grad()
+"""
+
+RAW = _BUILD + r"""
+folder, mask = sys.argv[5], np.load(sys.argv[6])
 with torch.inference_mode(), ctx:
     t0 = time.perf_counter()
     state = pred.init_state(folder, offload_video_to_cpu=True)
     t_init = time.perf_counter() - t0
-    h, w = state["video_height"], state["video_width"]
-    mask = np.zeros((h, w), bool)
-    mask[h // 3 : h // 2, w // 2 : 3 * w // 4] = True
     pred.add_new_mask(state, 0, 1, mask)
     t0 = time.perf_counter()
+    n = 0
     for _ in pred.propagate_in_video(state):
-        pass
+        n += 1
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     t_prop = time.perf_counter() - t0
 gpu = torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else None
 print("RESULT " + json.dumps({"build_s": t_build, "init_state_s": t_init, "propagate_s": t_prop,
-                              "gpu_peak_mb": gpu}))
+                              "gpu_peak_mb": gpu, "frames_run": n - 1}))
+"""
+
+PEER = _BUILD + r"""
+import os, tempfile
+import SimpleITK as sitk
+from PIL import Image
+support, label, query, out, lo, hi, painted = sys.argv[5:12]
+lo, hi, painted = float(lo), float(hi), int(painted)
+def frames(img):  # axial frames, windowed to uint8 (the volumes are axis-aligned)
+    a = sitk.GetArrayFromImage(img).astype(np.float32)
+    return (np.clip((a - lo) / (hi - lo), 0, 1) * 255).astype(np.uint8)
+t0 = time.perf_counter()
+q = sitk.ReadImage(query)
+qf = frames(q)
+if support == "-":  # the same scan: its own frames, the painted one prompted
+    video, prompt = qf, painted
+    mask = sitk.GetArrayFromImage(sitk.ReadImage(label))[painted] > 0
+else:
+    lab = sitk.GetArrayFromImage(sitk.ReadImage(label))
+    sf = frames(sitk.ReadImage(support))
+    k = int(np.argmax((lab > 0).sum(axis=(1, 2))))  # the support's largest labelled slice
+    video, prompt, mask = np.concatenate([sf[k:k + 1], qf]), 0, lab[k] > 0
+folder = tempfile.mkdtemp()
+for i, f in enumerate(video):
+    Image.fromarray(f).convert("RGB").save(os.path.join(folder, f"{i:05d}.jpg"), quality=95)
+t_read = time.perf_counter() - t0
+with torch.inference_mode(), ctx:
+    state = pred.init_state(folder, offload_video_to_cpu=True)
+    pred.add_new_mask(state, prompt, 1, mask)
+    result = np.zeros(video.shape, np.uint8)
+    t0 = time.perf_counter()
+    n = 0
+    for reverse in (False, True):
+        for f, _, logits in pred.propagate_in_video(state, start_frame_idx=prompt,
+                                                    reverse=reverse):
+            result[f] = (logits[0, 0] > 0).cpu().numpy()
+            n += f != prompt
+    t_prop = time.perf_counter() - t0
+if support != "-":
+    result = result[1:]
+res = sitk.GetImageFromArray(result)
+res.CopyInformation(q)
+sitk.WriteImage(res, out, True)
+gpu = torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else None
+print("RESULT " + json.dumps({"build_s": t_build, "read_frames_s": t_read, "propagate_s": t_prop,
+                              "gpu_peak_mb": gpu, "frames_run": n if support == "-" else n}))
 """
 
 
@@ -105,40 +165,63 @@ def timed(cmd: list[str], env: dict) -> tuple[float, float, str, str]:
 
 
 def prepare(tmp: Path, size: int, hw: int) -> dict[str, Path]:
-    """The inputs of one size: NIfTI support/label/query and the query as a JPEG folder."""
+    """The inputs of one size: NIfTI support/label/query, the query with one painted slice
+    (same-scan runs), and for raw sam2's part the support's labelled frame followed by the
+    query's frames as JPEGs, with its mask."""
     from PIL import Image
 
-    from medseg.frames import volume_to_frames
+    from medseg.frames import label_to_frames, volume_to_frames
     from medseg.io import write_image
 
-    paths = {"s": tmp / f"s{size}.nii.gz", "l": tmp / f"l{size}.nii.gz",
-             "q": tmp / f"q{size}.nii.gz", "jpg": tmp / f"jpg{size}"}
+    paths = {k: tmp / f"{k}{size}.nii.gz" for k in ("s", "l", "q", "painted")}
+    paths.update(jpg=tmp / f"jpg{size}", mask=tmp / f"mask{size}.npy")
     # the support covers the query's length (40 slices over the same distance), so the
-    # structure spans the query as it would in a real scan and every frame is worked on
+    # structure spans the query as it would in a real scan
     s_img, s_lab = synthetic_ct(40, hw, 2, dz=2.0 * size / 40)
     write_image(s_img, paths["s"])
     write_image(s_lab, paths["l"])
-    q_img, _ = synthetic_ct(size, hw, 1)
+    q_img, q_lab = synthetic_ct(size, hw, 1)
     write_image(q_img, paths["q"])
+    painted = np.zeros_like(q_lab.array)
+    painted[size // 2] = q_lab.array[size // 2] == 1
+    write_image(q_lab.with_array(painted), paths["painted"])
+    lab = label_to_frames(s_lab) == 1
+    k = int(np.argmax(lab.sum(axis=(1, 2))))
+    np.save(paths["mask"], lab[k])
     paths["jpg"].mkdir(exist_ok=True)
-    for i, f in enumerate(volume_to_frames(q_img).frames):  # the frames medseg sees
+    frames = [volume_to_frames(s_img, window=CT_WINDOW).frames[k],
+              *volume_to_frames(q_img, window=CT_WINDOW).frames]
+    for i, f in enumerate(frames):
         Image.fromarray((f * 255).astype(np.uint8)).convert("RGB").save(
             paths["jpg"] / f"{i:05d}.jpg", quality=95)
     return paths
 
 
+CT_WINDOW = (-125.0, 275.0)  # abdomen, as medseg chooses for these volumes (in its report)
+
+
 def run_medseg(args, paths: dict, size: int, mode: str, ckpt: Path, tmp: Path) -> dict:
+    """``medseg segment`` in a fresh process (``scan``: the painted scan itself)."""
     out = tmp / f"out_{mode}_{size}"
-    cmd = [sys.executable, "-m", "medseg.cli", "-q", "segment", "-s", str(paths["s"]), "-l",
-           str(paths["l"]), "-i", str(paths["q"]), "-o", str(out), "--overwrite", "--checkpoint",
-           str(ckpt), "--device", args.device, "--mode", mode, "--labels", "1", "--batch-size",
-           str(args.batch_size), "--bank-size", str(args.bank_size), "--no-download"]
+    inputs = ["-s", str(paths["q"]), "-l", str(paths["painted"]), "--mode", "volume"] \
+        if mode == "scan" else ["-s", str(paths["s"]), "-l", str(paths["l"]), "-i",
+                                str(paths["q"]), "--mode", mode, "--presence", "off"]
+    cmd = [sys.executable, "-m", "medseg.cli", "-q", "segment", *inputs, "-o", str(out),
+           "--overwrite", "--checkpoint", str(ckpt), "--device", args.device, "--labels", "1",
+           "--batch-size", str(args.batch_size), "--bank-size", str(args.bank_size),
+           "--no-download"]
     cmd += ["--image-size", str(args.image_size)] if args.image_size else []
     cmd += ["--compile"] if args.compile else []
     wall, rss, _, _ = timed(cmd, os.environ.copy())
-    rep = json.loads((out / f"q{size}_report.json").read_text())
-    rec = {"slices": size, "mode": mode, "total_s": round(wall, 3),
-           "slices_per_s": round(size / wall, 3), "peak_rss_mb": round(rss, 1)}
+    rep = json.loads(next(out.glob("*_report.json")).read_text())
+    if mode == "scan":
+        drawn = sum(any(f.get("drawn") or []) for f in rep["per_frame"])
+        frames_run = size - drawn  # every frame but the painted one
+    else:
+        frames_run = sum(g["propagation"].get("frames_run", 0) for g in rep["support_groups"])
+    rec = {"slices": size, "mode": f"medseg {mode}", "frames_run": frames_run,
+           "total_s": round(wall, 3), "slices_per_s": round(size / wall, 3),
+           "peak_rss_mb": round(rss, 1)}
     rec.update({f"{k}_s": v for k, v in rep["timings_s"].items()})
     eng = rep["engine"]
     rec.update(image_size=eng["image_size"], precision=eng["precision"],
@@ -147,28 +230,102 @@ def run_medseg(args, paths: dict, size: int, mode: str, ckpt: Path, tmp: Path) -
     return rec
 
 
-def run_raw(args, paths: dict, size: int, ckpt: Path, image_size: int) -> dict:
+def _raw_cmd(args, ckpt: Path, image_size: int, script: str, *rest: str) -> list[str]:
     from medseg.checkpoints import MODELS
     from medseg.engine import select_device
 
     dev = str(select_device(args.device))
-    cmd = [sys.executable, "-c", RAW, MODELS[args.model].config, str(ckpt), str(image_size),
-           str(paths["jpg"]), dev]
+    return [sys.executable, "-c", script, MODELS[args.model].config, str(ckpt), str(image_size),
+            dev, *rest]
+
+
+def _result(out: str) -> dict:
+    return json.loads(next(ln for ln in out.splitlines() if ln.startswith("RESULT "))[7:])
+
+
+def run_raw(args, paths: dict, size: int, ckpt: Path, image_size: int) -> dict:
+    """Stock sam2's part: the prepared frames in, nothing written."""
+    cmd = _raw_cmd(args, ckpt, image_size, RAW, str(paths["jpg"]), str(paths["mask"]))
     wall, rss, out, _ = timed(cmd, {**os.environ, "TQDM_DISABLE": "1"})
-    r = json.loads(next(ln for ln in out.splitlines() if ln.startswith("RESULT "))[7:])
-    return {"slices": size, "mode": "raw sam2", "total_s": round(wall, 3),
-            "slices_per_s": round(size / wall, 3), "peak_rss_mb": round(rss, 1),
-            "raw_build_s": round(r["build_s"], 3), "raw_init_state_s": round(r["init_state_s"], 3),
+    r = _result(out)
+    return {"slices": size, "mode": "raw sam2 (its part)", "frames_run": r["frames_run"],
+            "total_s": round(wall, 3), "slices_per_s": round(size / wall, 3),
+            "peak_rss_mb": round(rss, 1), "raw_build_s": round(r["build_s"], 3),
+            "raw_init_state_s": round(r["init_state_s"], 3),
             "raw_propagate_s": round(r["propagate_s"], 3),
-            "raw_propagate_frames_per_s": round(size / r["propagate_s"], 3),
+            "raw_propagate_frames_per_s": round(r["frames_run"] / r["propagate_s"], 3),
             "peak_gpu_mb": None if r["gpu_peak_mb"] is None else round(r["gpu_peak_mb"], 1),
             "image_size": image_size}
 
 
-COLS = ["slices", "mode", "total_s", "slices_per_s", "speedup_vs_raw", "load_s", "frames_s",
+def run_peer(args, paths: dict, size: int, ckpt: Path, image_size: int, tmp: Path,
+             scan: bool) -> dict:
+    """What a user would write with stock sam2 alone, from the NIfTI files to a NIfTI."""
+    out = tmp / f"peer_{'scan' if scan else 'query'}_{size}.nii.gz"
+    rest = ["-", str(paths["painted"])] if scan else [str(paths["s"]), str(paths["l"])]
+    cmd = _raw_cmd(args, ckpt, image_size, PEER, *rest, str(paths["q"]), str(out),
+                   *map(str, CT_WINDOW), str(size // 2))
+    wall, rss, stdout, _ = timed(cmd, {**os.environ, "TQDM_DISABLE": "1"})
+    r = _result(stdout)
+    return {"slices": size, "mode": f"raw sam2 {'scan ' if scan else ''}(end to end)",
+            "frames_run": r["frames_run"], "total_s": round(wall, 3),
+            "slices_per_s": round(size / wall, 3), "peak_rss_mb": round(rss, 1),
+            "raw_build_s": round(r["build_s"], 3), "raw_read_frames_s": round(r["read_frames_s"], 3),
+            "raw_propagate_s": round(r["propagate_s"], 3),
+            "raw_propagate_frames_per_s": round(r["frames_run"] / r["propagate_s"], 3),
+            "peak_gpu_mb": None if r["gpu_peak_mb"] is None else round(r["gpu_peak_mb"], 1),
+            "image_size": image_size}
+
+
+COLS = ["slices", "mode", "frames_run", "total_s", "slices_per_s", "speedup_vs_raw_part",
+        "speedup_vs_raw_end_to_end", "load_s", "frames_s", "complete_s", "locate_s",
         "support_s", "match_s", "propagate_s", "postprocess_s", "write_s", "model_load_s",
-        "raw_build_s", "raw_init_state_s", "raw_propagate_s", "raw_propagate_frames_per_s",
-        "peak_rss_mb", "peak_gpu_mb", "compile_warmup_s"]
+        "raw_build_s", "raw_init_state_s", "raw_read_frames_s", "raw_propagate_s",
+        "raw_propagate_frames_per_s", "peak_rss_mb", "peak_gpu_mb", "compile_warmup_s",
+        "runs_total_s"]
+
+
+def one_size(args, size: int, ckpt: Path, tmp: Path) -> list[dict]:
+    """Every row of one volume length, each the median of ``--repeats`` runs (the runs of
+    all rows interleaved, so that a slow spell of the machine hits every row alike);
+    speed-ups against the raw rows of the same job."""
+    paths = prepare(tmp, size, args.hw)
+    modes = [m for m in args.modes.split(",") if m]
+    size_px = args.image_size or 1024
+    jobs = {f"medseg {m}": (lambda m=m: run_medseg(args, paths, size, m, ckpt, tmp))
+            for m in modes}
+    if not args.no_raw:
+        if any(m != "scan" for m in modes):
+            jobs["raw sam2 (its part)"] = lambda: run_raw(args, paths, size, ckpt, size_px)
+            jobs["raw sam2 (end to end)"] = lambda: run_peer(args, paths, size, ckpt, size_px,
+                                                             tmp, scan=False)
+        if "scan" in modes:
+            jobs["raw sam2 scan (end to end)"] = lambda: run_peer(args, paths, size, ckpt,
+                                                                  size_px, tmp, scan=True)
+    runs: dict[str, list[dict]] = {k: [] for k in jobs}
+    for _ in range(args.repeats):
+        for name, job in jobs.items():
+            runs[name].append(job())
+    rows = {k: _median(v) for k, v in runs.items()}
+    for name, r in rows.items():
+        peers = ["raw sam2 scan (end to end)"] if name == "medseg scan" else \
+            ["raw sam2 (its part)", "raw sam2 (end to end)"] if name.startswith("medseg") else []
+        for peer, col in zip(peers, ("speedup_vs_raw_part", "speedup_vs_raw_end_to_end")
+                             if len(peers) == 2 else ("speedup_vs_raw_end_to_end",)):
+            if peer in rows:
+                r[col] = round(rows[peer]["total_s"] / r["total_s"], 3)
+    for r in rows.values():
+        print(f"{size:5d} {r['mode']:26s} " + ", ".join(
+            f"{k}={r[k]}" for k in COLS[2:] if r.get(k) is not None), file=sys.stderr)
+    return list(rows.values())
+
+
+def _median(runs: list[dict]) -> dict:
+    """The run with the median total time, with every run's total kept."""
+    ordered = sorted(runs, key=lambda r: r["total_s"])
+    row = dict(ordered[(len(ordered) - 1) // 2])
+    row["runs_total_s"] = [r["total_s"] for r in runs]
+    return row
 
 
 def main() -> None:
@@ -181,7 +338,8 @@ def main() -> None:
     ap.add_argument("--image-size", type=int, default=None)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--bank-size", type=int, default=16)
-    ap.add_argument("--modes", default="pair,volume")
+    ap.add_argument("--modes", default="pair,volume,scan")
+    ap.add_argument("--repeats", type=int, default=3, help="runs per row (the median is kept)")
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--no-raw", action="store_true")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/speed"))
@@ -201,19 +359,8 @@ def main() -> None:
     ckpt = Path(args.checkpoint or build_random_checkpoint(
         tmp / "random.pt", args.model, args.image_size or 1024, 0, 5.0))
     rows = []
-    for size in [int(s) for s in args.sizes.split(",")]:
-        paths = prepare(tmp, size, args.hw)
-        group = [run_medseg(args, paths, size, m, ckpt, tmp) for m in args.modes.split(",") if m]
-        if not args.no_raw:
-            raw = run_raw(args, paths, size, ckpt, group[0]["image_size"] if group else
-                          args.image_size)
-            for r in group:
-                r["speedup_vs_raw"] = round(raw["total_s"] / r["total_s"], 3)
-            group.append(raw)
-        for r in group:
-            print(f"{size:5d} {r['mode']:9s} " + ", ".join(
-                f"{k}={r[k]}" for k in COLS[2:] if r.get(k) is not None), file=sys.stderr)
-        rows += group
+    for size in [int(v) for v in args.sizes.split(",")]:
+        rows += one_size(args, size, ckpt, tmp)
     gpu = torch.cuda.get_device_name(dev) if dev.type == "cuda" else None
     tag = args.tag or (gpu.lower().replace(" ", "-") if gpu else f"cpu-{args.image_size}")
     args.out.mkdir(parents=True, exist_ok=True)
@@ -228,8 +375,9 @@ def main() -> None:
         w.writerows(rows)
     print(f"device {dev}{f' ({gpu})' if gpu else ''}, model {args.model}, image size "
           f"{rows[0].get('image_size')}, {args.hw}x{args.hw} slices, batch {args.batch_size}")
-    show = ["slices", "mode", "total_s", "slices_per_s", "speedup_vs_raw", "propagate_s",
-            "raw_propagate_frames_per_s", "peak_rss_mb", "peak_gpu_mb"]
+    show = ["slices", "mode", "frames_run", "total_s", "slices_per_s", "speedup_vs_raw_part",
+            "speedup_vs_raw_end_to_end", "propagate_s", "raw_propagate_s", "peak_rss_mb",
+            "peak_gpu_mb"]
     print(" | ".join(show))
     for r in rows:
         print(" | ".join(str(r.get(c, "")) for c in show))

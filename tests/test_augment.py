@@ -83,3 +83,14 @@ def test_config_checks_and_concat():
     a, b = build_bank(img, m, BankConfig(size=1), 3), build_bank(img, m, BankConfig(size=2), 9)
     c = Bank.concat([a, b])
     assert len(c) == 5 and c.source_slices == [3, 3, 9, 9, 9]
+
+
+def test_several_support_slices_share_one_bank():
+    """One slice: the slice and ``size`` augmentations (the paper's bank); k slices: a bank
+    of ``size`` members shared, each slice with ``size // k - 1`` copies, none from ``size``
+    slices on."""
+    from medseg.support.groups import bank_copies
+
+    assert bank_copies(16, 1) == 16
+    assert [k * (1 + bank_copies(16, k)) for k in (2, 4, 8, 16)] == [16, 16, 16, 16]
+    assert bank_copies(16, 5) == 2 and bank_copies(16, 20) == 0 and bank_copies(0, 1) == 0

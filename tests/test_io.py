@@ -189,3 +189,33 @@ def test_phantom_geometry_is_oblique():
     img, _ = phantom()
     assert not np.allclose(np.abs(img.direction), np.eye(3))
     assert np.linalg.det(OBLIQUE) < 0
+
+
+@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("qfac", [1, -1])
+def test_nifti_header_read_without_a_nifti_library(tmp_path, version, qfac):
+    """The read path's own header parse agrees with nibabel on shape, data offset, qform
+    (from the quaternion, both qfac signs) and sform, NIfTI-1 and -2, gzipped or not."""
+    import nibabel as nib
+
+    from medseg.io.nifti import header, qform
+
+    rot = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    c, s = np.cos(0.3), np.sin(0.3)
+    rot = rot @ np.array([[1, 0, 0], [0, c, -s], [0, s, c]])
+    aff = np.eye(4)
+    aff[:3, :3] = rot @ np.diag([0.7, 0.8, 2.5 * qfac])
+    aff[:3, 3] = [10.5, -20.25, 33.0]
+    cls = nib.Nifti1Image if version == 1 else nib.Nifti2Image
+    img = cls(np.zeros((5, 6, 7), np.int16), aff)
+    img.set_qform(aff, 1)
+    img.set_sform(aff @ np.diag([1, 1, 1, 1]) + np.array([[0, 0, 0, 0.5]] * 3 + [[0, 0, 0, 0]]),
+                  2)
+    for name in ("a.nii", "a.nii.gz"):
+        nib.save(img, tmp_path / name)
+        h, ref = header(tmp_path / name), nib.load(tmp_path / name).header
+        assert h["shape"] == [5, 6, 7] and h["bitpix"] == 16
+        assert h["vox_offset"] == (352 if version == 1 else 544)  # as nibabel writes it
+        np.testing.assert_allclose(qform(h), ref.get_qform()[:3], atol=1e-5)
+        np.testing.assert_allclose(h["sform"], ref.get_sform()[:3], atol=1e-5)
+    assert header(tmp_path / "missing.nii") is None

@@ -16,6 +16,7 @@ import signal
 import tempfile
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,7 @@ def _explain_runtime_error(path: Path, exc: RuntimeError) -> OutputError:
 
 
 HELD = (signal.SIGINT, signal.SIGTERM)
+WRITERS = 2  # files written at once by OutputTransaction.add_all
 
 
 @contextlib.contextmanager
@@ -181,6 +183,23 @@ class OutputTransaction:
         """Write ``path``'s content now (to a temporary file); it is put in place when the
         transaction ends without error."""
         path = Path(path)
+        self._write(path, self._stage(path), writer)
+        return path
+
+    def add_all(self, items: Sequence[tuple[Path, Callable[[Path], object]]]) -> None:
+        """:meth:`add` for several files, written side by side (compression releases the
+        interpreter, so two writers use two cores); the first error is raised."""
+        staged = [(Path(p), self._stage(Path(p)), w) for p, w in items]
+        if len(staged) < 2:
+            for path, tmp, writer in staged:
+                self._write(path, tmp, writer)
+            return
+        with ThreadPoolExecutor(min(WRITERS, len(staged))) as pool:
+            futures = [pool.submit(self._write, *item) for item in staged]
+        for f in futures:
+            f.result()
+
+    def _stage(self, path: Path) -> Path:
         suffix = "".join(path.suffixes[-2:])[-16:] or ".tmp"
         try:
             fd, tmp = tempfile.mkstemp(prefix=f".medseg-{os.getpid()}-", suffix=f".part{suffix}",
@@ -189,13 +208,16 @@ class OutputTransaction:
         except OSError as exc:
             raise explain_os_error(path, exc) from exc
         self._staged.append((Path(tmp), path))
+        return Path(tmp)
+
+    @staticmethod
+    def _write(path: Path, tmp: Path, writer: Callable[[Path], object]) -> None:
         try:
-            writer(Path(tmp))
+            writer(tmp)
         except OSError as exc:
             raise explain_os_error(path, exc) from exc
         except RuntimeError as exc:  # SimpleITK raises RuntimeError for I/O failures
             raise _explain_runtime_error(path, exc) from exc
-        return path
 
     def __exit__(self, exc_type, exc, tb) -> None:
         try:

@@ -137,13 +137,11 @@ def write_all(result: Result, paths: dict[str, Path], tx: OutputTransaction,
     ``before_report``); the transaction publishes them together."""
     needs = any(OUTPUTS[k].needs_masks for k in paths if k in OUTPUTS)
     ctx = WriteContext(result.structure_masks() if needs else None)
-    for kind, p in paths.items():
-        if kind == "report":
-            continue
-        if kind == "qc":
-            tx.add(p, lambda p: qc.qc_figure(result, p, fmt=paths["qc"].suffix[1:].lower()))
-        else:
-            tx.add(p, lambda p, o=OUTPUTS[kind]: o.write(result, p, ctx))
+    files = [(p, lambda p, o=OUTPUTS[kind]: o.write(result, p, ctx))
+             for kind, p in paths.items() if kind not in ("report", "qc")]
+    tx.add_all(files)  # side by side
+    if "qc" in paths:  # matplotlib: in this thread
+        tx.add(paths["qc"], lambda p: qc.qc_figure(result, p, fmt=paths["qc"].suffix[1:].lower()))
     before_report()
     tx.add(paths["report"], lambda p: OUTPUTS["report"].write(result, p, ctx))
 

@@ -128,8 +128,20 @@ def read_series_of_file(p: Path, series: str | None, name: str) -> tuple[Any, di
     return img, meta
 
 
-def read_dataset(path: Path, stop: bool = True):
+def has_preamble(path: Path) -> bool:
+    """The file starts like a DICOM file (``DICM`` after the 128-byte preamble): checked
+    before the DICOM library is imported or asked to parse it."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(132)[128:] == b"DICM"
+    except OSError:
+        return False
 
+
+def read_dataset(path: Path, stop: bool = True):
+    """The DICOM dataset of a file (None when it is not one)."""
+    if not has_preamble(path):
+        return None
     try:
         return pydicom.dcmread(str(path), stop_before_pixels=stop)
     except Exception:
@@ -155,11 +167,7 @@ def is_dicom(path: str | os.PathLike) -> bool:
     p = Path(path)
     files = [p] if p.is_file() else sorted(f for f in p.iterdir() if f.is_file())[:5] \
         if p.is_dir() else []
-    for f in files:
-        with open(f, "rb") as fh:
-            if fh.read(132)[128:] == b"DICM":
-                return True
-    return False
+    return any(has_preamble(f) for f in files)
 
 
 def series_files_of(path: str | os.PathLike) -> tuple[Path, str] | None:

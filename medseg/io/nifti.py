@@ -8,11 +8,11 @@
 from __future__ import annotations
 
 import gzip
-import io
 import os
 import struct
 import warnings
 from pathlib import Path
+from zlib import error as zlib_error
 
 import numpy as np
 
@@ -23,19 +23,66 @@ nib = lazy_import("nibabel")
 sitk = lazy_import("SimpleITK")
 
 
+def header(p: Path) -> dict | None:
+    """The fields of a NIfTI-1/2 header medseg checks, read with :mod:`struct` (no need to
+    import a NIfTI library on the read path); None when it does not parse."""
+    try:
+        with open(p, "rb") as fh:
+            gz = fh.read(2) == b"\x1f\x8b"
+        with (gzip.open if gz else open)(p, "rb") as fh:
+            raw = fh.read(540)
+        for end in "<>":
+            size = struct.unpack(end + "i", raw[:4])[0]
+            if size in (348, 540):
+                break
+        else:
+            return None
+        if size == 348:
+            dim = struct.unpack(end + "8h", raw[40:56])
+            dtype, bitpix = struct.unpack(end + "2h", raw[70:74])
+            pixdim = struct.unpack(end + "8f", raw[76:108])
+            vox = struct.unpack(end + "f", raw[108:112])[0]
+            qcode, scode = struct.unpack(end + "2h", raw[252:256])
+            quat = struct.unpack(end + "6f", raw[256:280])
+            srow = struct.unpack(end + "12f", raw[280:328])
+        else:
+            dtype, bitpix = struct.unpack(end + "2h", raw[12:16])
+            dim = struct.unpack(end + "8q", raw[16:80])
+            pixdim = struct.unpack(end + "8d", raw[104:168])
+            vox = struct.unpack(end + "q", raw[168:176])[0]
+            qcode, scode = struct.unpack(end + "2i", raw[344:352])
+            quat = struct.unpack(end + "6d", raw[352:400])
+            srow = struct.unpack(end + "12d", raw[400:496])
+    except (OSError, EOFError, struct.error, zlib_error):
+        return None
+    n = max(0, min(int(dim[0]), 7))
+    return {"gzipped": gz, "shape": [int(d) for d in dim[1:n + 1]], "bitpix": int(bitpix),
+            "datatype": int(dtype), "vox_offset": int(vox), "pixdim": pixdim,
+            "qform_code": int(qcode), "sform_code": int(scode), "quatern": quat,
+            "sform": np.array(srow, float).reshape(3, 4)}
+
+
+def qform(h: dict) -> np.ndarray:
+    """The qform affine (3 x 4, RAS) from the quaternion, as the NIfTI standard defines it."""
+    b, c, d, qx, qy, qz = h["quatern"]
+    a = np.sqrt(max(0.0, 1.0 - (b * b + c * c + d * d)))
+    r = np.array([[a * a + b * b - c * c - d * d, 2 * (b * c - a * d), 2 * (b * d + a * c)],
+                  [2 * (b * c + a * d), a * a + c * c - b * b - d * d, 2 * (c * d - a * b)],
+                  [2 * (b * d - a * c), 2 * (c * d + a * b), a * a + d * d - c * c - b * b]])
+    qfac = -1.0 if h["pixdim"][0] < 0 else 1.0
+    zooms = np.array([h["pixdim"][1], h["pixdim"][2], h["pixdim"][3] * qfac])
+    return np.column_stack([r * zooms, [qx, qy, qz]])
+
+
 def transform_check(path: Path, img) -> str | None:
     """Warn when a NIfTI's qform and sform disagree, naming the one SimpleITK used."""
-    try:
-        hdr = nib.load(str(path)).header
-        qcode, scode = int(hdr["qform_code"]), int(hdr["sform_code"])
-        if qcode <= 0 or scode <= 0:
-            return None
-        q, s = hdr.get_qform(), hdr.get_sform()
-    except Exception:  # header oddities are reported by SimpleITK's own read
+    h = header(path)
+    if h is None or h["qform_code"] <= 0 or h["sform_code"] <= 0:
         return None
+    q, s = qform(h), h["sform"]
     if np.allclose(q, s, atol=1e-3):
         return None
-    # ITK works in LPS; nibabel affines are RAS. Compare the origin SimpleITK chose.
+    # ITK works in LPS; NIfTI affines are RAS. Compare the origin SimpleITK chose.
     origin_ras = np.array(img.GetOrigin()) * np.array([-1, -1, 1])
     used = "sform" if np.allclose(s[:3, 3], origin_ras, atol=1e-2) else "qform"
     msg = (
@@ -80,21 +127,11 @@ def check_complete(p: Path, name: str) -> None:
     The expected size comes from the header; for gzip files the stream's trailer stores the
     uncompressed size (mod 2**32), so usually no decompression is needed.
     """
-    with open(p, "rb") as fh:
-        gzipped = fh.read(2) == b"\x1f\x8b"  # by content: names can lie either way
-    try:
-        opener = gzip.open if gzipped else open
-        with opener(p, "rb") as fh:
-            raw = fh.read(540)
-        sizeof_hdr = struct.unpack("<i", raw[:4])[0]
-        if sizeof_hdr not in (348, 540):
-            sizeof_hdr = struct.unpack(">i", raw[:4])[0]
-        cls = nib.Nifti2Header if sizeof_hdr == 540 else nib.Nifti1Header
-        hdr = cls.from_fileobj(io.BytesIO(raw))
-        expected = int(hdr["vox_offset"]) + int(np.prod(hdr.get_data_shape())) * int(
-            hdr.get_data_dtype().itemsize)
-    except Exception:
+    h = header(p)
+    if h is None or not h["shape"]:
         return  # not parseable here: let SimpleITK report it
+    gzipped = h["gzipped"]
+    expected = h["vox_offset"] + int(np.prod(h["shape"])) * max(h["bitpix"], 8) // 8
     if gzipped:
         with open(p, "rb") as fh:
             fh.seek(-4, os.SEEK_END)

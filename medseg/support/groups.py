@@ -120,7 +120,7 @@ def prepare_support(support: SupportScan, plan: LabelPlan, query: FrameStack,
     out = []
     for picked, entries in groups.items():
         bank = cfg.bank
-        per = bank.size if len(picked) == 1 else max(1, bank.size // len(picked))
+        per = bank_copies(bank.size, len(picked))
         # seeded by the slices, not the group's rank: a structure's bank does not depend on
         # which other structures are segmented with it
         bcfg = replace(bank, size=per, seed=(bank.seed + 1000 * picked[0]) % (2**31 - 1))
@@ -136,6 +136,14 @@ def prepare_support(support: SupportScan, plan: LabelPlan, query: FrameStack,
         out.append(SupportGroup([int(src_index[f]) for f in picked], list(picked), entries, b,
                                 [p[1] for p in placed], labelled, [part]))
     return out
+
+
+def bank_copies(size: int, slices: int) -> int:
+    """Augmented copies per support slice: ``size`` for one slice (the paper's bank of
+    ``size`` augmentations beside the slice itself); ``k`` slices share a bank of ``size``
+    members, each slice and ``size // k - 1`` copies of it (none from ``size`` slices on:
+    the slices themselves vary more than augmentations of one would)."""
+    return size if slices == 1 else max(0, size // slices - 1)
 
 
 def _slice_bank(p: _Placing, f: int, masks: list[np.ndarray], cfg: BankConfig, source: int,
