@@ -14,9 +14,7 @@ painted one -- medseg estimates the structure on every other slice of that scan:
   like the structure (its mean log-likelihood ratio falls below :attr:`stop_llr`), or
   shrinks below :attr:`min_area` of the largest drawn mask, or reaches another drawn slice.
   A frame reached from two drawn slices (between them) takes both estimates together
-  (their union: each walk alone tends to fall short of the structure; measured with the
-  corrections curve on the first example cases, against the nearer one's, the larger drawn
-  slice's and a nearness-weighted vote).
+  (their union, :attr:`CompletionParams.between`).
 * **SAM2** (:func:`complete_with_sam2`): SAM2's own interactive video mode on the scan --
   every drawn slice a mask prompt (``add_new_mask``), propagated forward from the first
   prompt and backward from it; SAM2's object score decides where the structure ends.
