@@ -8,12 +8,13 @@ from pathlib import Path
 import nbformat as nbf
 
 CELLS = [
-    ("md", """# medseg quickstart
+    ("md", """# medseg quickstart: paint one slice
 
-Label **one slice** of a support scan, segment the same organs in a **different** scan.
-This notebook uses only the public example scans (fetched from PyPI, sha256-checked):
-support = an abdominal CT with TotalSegmentator's labels, query = another patient's
-contrast CT (a 20-slice DICOM series) with TotalSegmentator's labels as a *silver* reference."""),
+A user paints **one slice** of a structure. medseg segments that structure through the
+rest of the painted scan and through another scan, with no training. This notebook uses only
+the public example scans (fetched from PyPI, sha256-checked): an abdominal CT with
+TotalSegmentator's labels (the painted scan), and another patient's contrast CT (a 20-slice
+DICOM series) with TotalSegmentator's labels as a *silver* reference."""),
     ("code", """import os
 from pathlib import Path
 
@@ -23,14 +24,61 @@ import numpy as np
 import medseg
 from medseg import data
 from medseg.frames import label_to_frames, volume_to_frames
-from medseg.io import read_image
+from medseg.io import read_image, write_image
+from medseg.metrics import evaluate_labelmaps
 
-root = data.fetch(progress=False)
+data.fetch(progress=False)
 case = data.CASES["ct-liver-spleen"]
 paths = data.case_paths(case)
 out = Path(os.environ.get("MEDSEG_NOTEBOOK_OUT", "quickstart-out"))
 out.mkdir(exist_ok=True)
-print(case.name, "labels", case.labels, case.names, "| reference:", case.reference)"""),
+support, full_label, query, ref = (read_image(paths[k]) for k in
+                                   ("support", "support_label", "query", "query_ref"))
+print(case.name, "| support values", case.labels, case.names, "| reference:", case.reference)"""),
+    ("md", """## What the user paints
+
+Each structure on its largest slice only (liver 5, spleen 1 in TotalSegmentator's
+numbering), as a user paints it in 3D Slicer or ITK-SNAP. Everything else is empty."""),
+    ("code", """painted = np.zeros_like(full_label.array)
+for value in case.labels:
+    k = int(np.argmax((full_label.array == value).sum(axis=(1, 2))))
+    painted[k][full_label.array[k] == value] = value
+write_image(full_label.with_array(painted), out / "painted.nii.gz")
+sf, lf = volume_to_frames(support), label_to_frames(full_label.with_array(painted))
+k = int(np.argmax((lf == 5).sum(axis=(1, 2))))
+fig, ax = plt.subplots(figsize=(5, 5))
+ax.imshow(sf.frames[k], cmap="gray", aspect=sf.spacing[1] / sf.spacing[2])
+for v, c in ((5, "orange"), (1, "violet")):
+    if (lf[k] == v).any():
+        ax.contour(lf[k] == v, levels=[0.5], colors=c)
+ax.set_title(f"the painted slice {k} (liver orange)")
+ax.axis("off");"""),
+    ("md", """## The rest of the painted scan (no model needed)
+
+With no query, medseg segments the painted scan itself: it completes each structure from
+its painted slice through the scan (weight-free here; SAM2's own interactive mode with a
+model) and gives the painted slices back exactly as drawn. Scored against the full label."""),
+    ("code", """names = ["liver", "spleen"]
+same = medseg.segment(paths["support"], out / "painted.nii.gz", labels=[5, 1], names=names,
+                      method="transfer")
+for s, name in zip(evaluate_labelmaps(same.labels.array, full_label.array,
+                                      support.spacing_zyx, labels=[1, 2], ref_labels=[5, 1]),
+                   names):
+    print(f"same scan {name:7s} Dice {s.dice:.3f}")
+print("completion:", [c["method"] for c in same.report.support_completion])"""),
+    ("md", """## Another scan (still no model)
+
+The weight-free `transfer` method: the painted structures are completed through the
+support scan first, then every query slice takes the mask of its best-matched augmented
+support slice, where the slice correspondence says the structure is. Real scores, no
+SAM2 weights needed."""),
+    ("code", """quick = medseg.segment(paths["support"], out / "painted.nii.gz", paths["query"],
+                       labels=[5, 1], names=names, method="transfer")
+loc = quick.report.location
+print("correspondence:", loc.get("method"), "| shared frame:", loc.get("shared_frame"))
+for s, name in zip(evaluate_labelmaps(quick.labels.array, ref.array, query.spacing_zyx,
+                                      labels=[1, 2], ref_labels=[5, 1]), names):
+    print(f"transfer {name:7s} Dice {s.dice:.3f}")"""),
     ("md", """## The model
 
 A real SAM2.1 checkpoint is used when one is available (`MEDSEG_CHECKPOINT`, or the cache
@@ -51,55 +99,19 @@ if RANDOM:
     print("NO REAL SAM2 CHECKPOINT: USING RANDOM WEIGHTS. THE MASKS BELOW ARE MEANINGLESS")
 else:
     print("checkpoint:", ckpt)"""),
-    ("md", "## Geometry of the volumes"),
-    ("code", """support, support_label, query, ref = (read_image(paths[k]) for k in
-                                      ("support", "support_label", "query", "query_ref"))
-for name, v in [("support", support), ("query", query)]:
-    g = v.geometry()
-    print(f"{name:8s} size {g['size_xyz']} spacing {g['spacing']} mm origin {g['origin']}")
-    print(f"{'':8s} direction {g['direction']}")"""),
-    ("md", "## The support slice (largest liver area) and its mask"),
-    ("code", """sf = volume_to_frames(support)
-lf = label_to_frames(support_label)
-k = int(np.argmax((lf == 5).sum(axis=(1, 2))))
-asp = sf.spacing[1] / sf.spacing[2]
-fig, ax = plt.subplots(figsize=(5, 5))
-ax.imshow(sf.frames[k], cmap="gray", aspect=asp)
-ax.contour(lf[k] == 5, levels=[0.5], colors="orange")
-ax.contour(lf[k] == 1, levels=[0.5], colors="violet")
-ax.set_title(f"support frame {k} (liver orange, spleen violet)")
-ax.axis("off");"""),
-    ("md", """## Where the structure is (no model needed)
-
-Before anything is segmented, medseg relates the two scans: are they in one frame of
-reference? which support slice does each query slice correspond to? where in the slice
-does the support sit? The weight-free `transfer` method (each query slice takes the mask of
-its best-matched augmented support slice) uses only that, so its scores are real even
-without SAM2 weights."""),
-    ("code", """quick = medseg.Segmenter().segment(paths["support"], paths["support_label"], paths["query"],
-                                   labels=[5, 1], names=["liver", "spleen"], method="transfer")
-loc = quick.report.location
-print("correspondence:", loc["method"], "| slope", loc["slope"], "| similarity", loc["score"],
-      "| shared frame:", loc["shared_frame"])
-print("placement:", [g.placement[0]["method"] for g in quick.groups])
-from medseg.metrics import evaluate_labelmaps
-
-for s, name in zip(evaluate_labelmaps(quick.labels.array, ref.array, query.spacing_zyx,
-                                      labels=[1, 2], ref_labels=[5, 1]), ["liver", "spleen"]):
-    print(f"transfer {name:7s} Dice {s.dice:.3f}")"""),
-    ("md", "## Segment the query with SAM2"),
+    ("md", "## The query segmented with SAM2 from the painted slices"),
     ("code", """seg = medseg.Segmenter(model="tiny", checkpoint=ckpt, device="auto")
-res = seg.segment(paths["support"], paths["support_label"], paths["query"], labels=[5, 1],
-                  names=["liver", "spleen"], mode="pair", matcher="sam2", bank_size=8, seed=0)
+res = seg.segment(paths["support"], out / "painted.nii.gz", paths["query"], labels=[5, 1],
+                  names=names, mode="pair", bank_size=8, seed=0)
 print({k: round(v, 2) for k, v in res.report.timings_s.items()})
 if RANDOM:
     print("RANDOM WEIGHTS: masks are meaningless")"""),
-    ("md", "## The augmentation bank (liver group)"),
+    ("md", "## The augmentation bank (first group)"),
     ("code", """bank = res.groups[0].bank
 n = min(len(bank), 9)
 fig, axes = plt.subplots(1, n, figsize=(2 * n, 2.3))
 qasp = res.query_frames.spacing[1] / res.query_frames.spacing[2]
-for i, ax in enumerate(axes):
+for i, ax in enumerate(np.atleast_1d(axes)):
     ax.imshow(bank.images[i], cmap="gray", aspect=qasp)
     ax.contour(bank.masks[i, 0], levels=[0.5], colors="orange", linewidths=0.8)
     ax.set_title("original" if i == 0 else f"#{i}", fontsize=8)
@@ -109,15 +121,12 @@ for i, ax in enumerate(axes):
 fig, ax = plt.subplots(figsize=(7, 2.5))
 ax.step(np.arange(len(m)), m, where="mid")
 ax.set_xlabel("query frame (inferior to superior)")
-ax.set_ylabel("matched member")
-ax.set_yticks(range(len(bank)));"""),
+ax.set_ylabel("matched member");"""),
     ("md", "## Result in three planes (aspect from spacing)"),
-    ("code", """from medseg.frames import volume_to_frames as vtf
-
-lab = res.labels
+    ("code", """lab = res.labels
 fig, axes = plt.subplots(1, 3, figsize=(13, 4.5))
 for ax, axis in zip(axes, ["axial", "coronal", "sagittal"]):
-    img = vtf(query, axis)
+    img = volume_to_frames(query, axis)
     msk = label_to_frames(lab, axis)
     i = len(img) // 2
     ax.imshow(img.frames[i], cmap="gray", aspect=img.spacing[1] / img.spacing[2])
@@ -127,23 +136,24 @@ for ax, axis in zip(axes, ["axial", "coronal", "sagittal"]):
     ax.set_title(axis)
     ax.axis("off")"""),
     ("md", "## Scores against the (silver) reference"),
-    ("code", """from medseg.metrics import evaluate_labelmaps, implementation
+    ("code", """from medseg.metrics import implementation
 
-scores = evaluate_labelmaps(lab.array, ref.array, query.spacing_zyx, labels=[1, 2], ref_labels=[5, 1])
+scores = evaluate_labelmaps(lab.array, ref.array, query.spacing_zyx, labels=[1, 2],
+                            ref_labels=[5, 1])
 print(f"{'':8s} {'Dice':>6s} {'HD95 mm':>8s} {'NSD@2mm':>8s}")
-for s, name in zip(scores, ["liver", "spleen"]):
+for s, name in zip(scores, names):
     print(f"{name:8s} {s.dice:6.3f} {s.hd95_mm:8.1f} {s.nsd:8.3f}")
 print(implementation())
 if RANDOM:
     print("RANDOM WEIGHTS: these scores measure nothing")"""),
-    ("md", """## Save for 3D Slicer
+    ("md", """## Save for 3D Slicer, correct, rerun
 
-`res.save` writes the labelmap (NIfTI, uint8, query geometry), a colour table, the Slicer
-segmentation `.seg.nrrd` and the JSON report, all-or-nothing.
-
-To look at it: open 3D Slicer, drag and drop the query DICOM folder (or use the DICOM module)
-and the `.seg.nrrd`; the segments appear with their names and colours in the Segmentations
-module, aligned with the scan."""),
+`res.save` writes the labelmap (NIfTI, query geometry), a colour table, the Slicer
+segmentation `.seg.nrrd` (with medseg's record of which slices the user drew) and the
+JSON report, all-or-nothing. Open the query and the `.seg.nrrd` in 3D Slicer, correct any
+slice in the Segment Editor, save, and run medseg again on that scan with the corrected
+file as the label: the corrected slices are kept, the rest re-estimated (the `medseg`
+Slicer module in `SlicerMedseg/` does this with one button)."""),
     ("code", """files = res.save(out, overwrite=True, qc=out / "qc.png")
 for k, v in files.items():
     print(f"{k:9s} {v}")"""),
