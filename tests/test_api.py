@@ -78,11 +78,13 @@ def test_deterministic(segmenter, scans):
 def test_in_memory_volumes_transfer_and_kshot(segmenter, scans):
     s, lb, q = (read_image(scans[k]) for k in ("support", "support_label", "query"))
     res = segmenter.segment(s, lb, q, labels=[1, 2], method="transfer", matcher="ncc", shots=2,
-                            bank_size=2)
+                            bank_size=4)
     assert_same_geometry(res.labels, q)
     g = res.groups
-    # two slices at 1/4 and 3/4 of each structure's extent, the bank split between them
+    # two slices at 1/4 and 3/4 of each structure's extent sharing one bank of --bank-size
+    # members: each slice and 4 // 2 - 1 augmented copies of it
     assert all(len(x.slices) == 2 for x in g) and len(g[0].bank) == 4
+    assert sorted(m["source_slice"] for m in g[0].bank.params) == sorted(g[0].slices * 2)
     ext = g[0].labelled[0]
     assert g[0].frames == [int(ext[len(ext) // 4]), int(ext[3 * len(ext) // 4])]
     # matcher transfer of the phantom finds both organs somewhere

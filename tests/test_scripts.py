@@ -21,14 +21,23 @@ def _run(*args, timeout=900):
 
 def test_speed_benchmark_tiny(tmp_path):
     out = _run(ROOT / "scripts/benchmark_speed.py", "--sizes", "3", "--hw", "64", "--device",
-               "cpu", "--image-size", "256", "--bank-size", "1", "--out", tmp_path, "--tag", "t")
+               "cpu", "--image-size", "256", "--bank-size", "1", "--repeats", "1", "--out", tmp_path,
+               "--tag", "t")
     assert "slices_per_s" in out
     data = json.loads((tmp_path / "speed_t.json").read_text())
-    modes = {r["mode"] for r in data["rows"]}
-    assert modes == {"pair", "volume", "raw sam2"}
-    pair = next(r for r in data["rows"] if r["mode"] == "pair")
-    raw = next(r for r in data["rows"] if r["mode"] == "raw sam2")
-    assert pair["speedup_vs_raw"] == round(raw["total_s"] / pair["total_s"], 3)
+    rows = {r["mode"]: r for r in data["rows"]}
+    assert set(rows) == {"medseg pair", "medseg volume", "medseg scan", "raw sam2 (its part)",
+                         "raw sam2 (end to end)", "raw sam2 scan (end to end)"}
+    pair, raw, peer = rows["medseg pair"], rows["raw sam2 (its part)"], \
+        rows["raw sam2 (end to end)"]
+    # like for like: the same frames run on both sides, stated in every row
+    assert pair["frames_run"] == raw["frames_run"] == peer["frames_run"] > 0
+    assert rows["medseg scan"]["frames_run"] == rows["raw sam2 scan (end to end)"]["frames_run"]
+    assert pair["speedup_vs_raw_part"] == round(raw["total_s"] / pair["total_s"], 3)
+    assert pair["speedup_vs_raw_end_to_end"] == round(peer["total_s"] / pair["total_s"], 3)
+    assert rows["medseg scan"]["speedup_vs_raw_end_to_end"] == round(
+        rows["raw sam2 scan (end to end)"]["total_s"] / rows["medseg scan"]["total_s"], 3)
+    assert all(len(r["runs_total_s"]) == 1 for r in rows.values())
     assert pair["peak_rss_mb"] > 100 and raw["raw_propagate_s"] > 0 and pair["propagate_s"] > 0
     assert "machine" in data and (tmp_path / "speed_t.csv").is_file()
 
