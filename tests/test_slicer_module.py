@@ -8,6 +8,7 @@ import py_compile
 import subprocess
 import sys
 import time
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
@@ -91,6 +92,16 @@ def test_module_files_compile_and_the_logic_imports():
     for widget in ("supportSelector", "segmentationSelector", "querySelector", "segmentButton",
                    "cancelButton", "progressBar", "installButton"):
         assert f'name="{widget}"' in ui, widget
+    # every choice a combo box offers is one the command line takes
+    from medseg import options
+
+    tree = ET.fromstring(ui)
+    allowed = {"methodCombo": options.METHODS, "modelCombo": options.MODELS,
+               "deviceCombo": ("auto", "cpu", "cuda", "mps")}
+    for name, vocab in allowed.items():
+        box = tree.find(f".//widget[@name='{name}']")
+        items = [s.text for s in box.findall("./item/property/string")]
+        assert items and set(items) <= set(vocab), (name, items)
     cmake = (MODULE / "CMakeLists.txt").read_text()
     assert "slicerMacroBuildScriptedModule" in cmake and "${MODULE_NAME}Lib/logic.py" in cmake
 
