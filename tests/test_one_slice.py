@@ -89,6 +89,7 @@ def test_slice_record_tells_what_the_user_changed():
     edited[5, 3:5, 3:5] = True  # a newly painted slice
     d = drawn_of(edited, rec, "axial")
     assert sorted(d.frames) == [2, 3, 4, 5] and d.source == "record"
+    assert sorted(d.kept) == [1]  # the estimate the user left as it was
     assert not d.frames[4].any() and np.array_equal(d.frames[3], edited[3])
     assert fingerprint(est[1]) == rec.estimated[1]
     # a record of another grid or axis is not trusted
@@ -147,6 +148,45 @@ def test_in_scan_run_keeps_the_painted_slice_and_reruns_with_a_correction(tmp_pa
     assert np.array_equal(g2[f], truth[f]) and np.array_equal(g2[k], truth[k])
     assert set(res2.records()[1].drawn) == {k, f}
     assert res2.report.support_completion[0]["label"] == "record"
+
+
+@pytest.mark.parametrize("edit", ["erase", "correct an edge slice"])
+def test_a_correction_never_loses_the_rest_of_a_result(tmp_path, edit):
+    """A result of another scan (its record: no slice drawn, every slice estimated), one
+    slice corrected: erased where the structure was wrongly found, or replaced at the edge
+    of the structure. The rerun keeps that slice exactly and keeps the untouched estimates
+    the new estimate does not reach: never an empty or one-slice result."""
+    from medseg.export.seg_nrrd import seg_nrrd
+    from medseg.labels import make_plan
+
+    img, lab = _ellipsoid_scan(seed=5)
+    frames = volume_to_frames(img)
+    truth = frames.view_of(lab.array == 1)
+    has = np.flatnonzero(truth.any(axis=(1, 2)))
+    previous = truth.copy()
+    previous[has[-1] + 1: has[-1] + 4] = truth[has[-1]]  # found too far: 3 slices past the end
+    est = np.ones(len(truth), bool)
+    rec = SliceRecord.of(previous, ~est, "axial")  # nothing drawn: all estimated
+    assert rec.drawn == ()
+    edited = previous.copy()
+    f = has[-1] + 3 if edit == "erase" else has[0]
+    if edit == "erase":
+        edited[f] = False
+    else:  # the user redraws the first slice smaller (its left half)
+        cols = np.nonzero(truth[f])[1]
+        edited[f] = truth[f] & (np.arange(64) < int(np.median(cols)))[None, :]
+        assert edited[f].any() and not np.array_equal(edited[f], previous[f])
+    label = Volume(frames.to_volume_array(edited.astype(np.uint8)), spacing=img.spacing)
+    fixed = tmp_path / "fixed.seg.nrrd"
+    seg_nrrd(label.array, img, make_plan(read_support_label(label, img).segments), fixed, None,
+             {1: rec.tags()})
+    res = Segmenter().segment(img, fixed, None, method="transfer", bank_size=1)
+    got = res.label_frames == 1
+    assert np.array_equal(got[f], edited[f])  # the correction, exactly
+    assert got.any(axis=(1, 2)).sum() >= len(has)  # the rest of the structure is still there
+    inter = (got & truth).sum()
+    assert 2 * inter / (got.sum() + truth.sum()) > 0.8
+    assert res.report.support_completion[0]["kept_from_previous_result"] >= 1
 
 
 @pytest.fixture(scope="module")

@@ -327,6 +327,20 @@ def complete_with_sam2(engine: Sam2Engine, frames: np.ndarray, drawn: list[Drawn
     return result
 
 
+def keep_unreached(c: Completion, drawn: Drawn) -> None:
+    """A previous result's untouched estimates on the frames the new estimate leaves empty
+    (and the user did not draw) and, for a result of another scan (:attr:`Drawn.prior`),
+    on every frame outside the span of the user's slices: a correction refines a result,
+    it never loses the rest."""
+    span = (min(drawn.painted), max(drawn.painted)) if drawn.painted else (0, -1)
+    kept = [f for f in drawn.kept if not c.drawn[f] and (
+        not c.masks[f].any() or (drawn.prior and not span[0] < f < span[1]))]
+    for f in kept:
+        c.masks[f] = drawn.kept[f]
+    if drawn.kept:
+        c.info["kept_from_previous_result"] = len(kept)
+
+
 # --- the stage -----------------------------------------------------------------------------
 
 
@@ -387,6 +401,8 @@ def complete_support(image: Volume, frames: FrameStack, label: SupportLabel, val
         raw = label_to_frames(image.with_array(image.array.astype(np.float32)), frames.axis)
         for v in todo:
             done[v] = complete_by_registration(raw, frames.spacing, drawn[v])
+    for v in todo:
+        keep_unreached(done[v], drawn[v])
     structures = {v: done[v] for v in values}
     if not todo:
         return CompletedSupport(label, structures, drawn)

@@ -6,7 +6,10 @@ what medseg keeps exactly and what it estimates:
 * a label with a medseg **slice record** (a previous result, corrected in 3D Slicer or
   another editor): the slices the record says were drawn, and every slice whose mask
   differs from the estimate the record fingerprinted -- a corrected slice, a newly painted
-  one, or an erased one (drawn empty: "the structure is not here");
+  one, or an erased one (drawn empty: "the structure is not here"); the estimates the user
+  left as they were are kept where the new estimate from the drawn slices does not reach,
+  and, when the result held no slice of the user's (a result of another scan), everywhere
+  outside the span of the user's slices;
 * a label that already covers the structure in 3D -- its labelled slices form one
   unbroken run of at least :data:`FULL_LABEL_MIN_SLICES` -- is taken as it is (an atlas,
   TotalSegmentator's output, a full manual segmentation);
@@ -20,7 +23,7 @@ number of frames, the drawn frames and a short fingerprint of every estimated fr
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -36,6 +39,14 @@ class Drawn:
     frames: dict[int, np.ndarray]  # drawn frame -> its mask as drawn (an empty mask: absent)
     full: bool  # the label already covers the structure in 3D: nothing to complete
     source: str  # "painted", "3d label", "record" (from a medseg slice record)
+    # a previous result's estimates the user left as they were (frame -> mask): kept where
+    # the new estimate from the drawn frames does not reach, so a correction never loses
+    # the rest of the structure (an erased slice alone gives nothing to estimate from)
+    kept: dict[int, np.ndarray] = field(default_factory=dict)
+    # the previous result held no slice of the user's (a result of another scan): its
+    # estimates are the better guess away from the user's slices, so they are kept outside
+    # the span of the user's slices and replaced only between them
+    prior: bool = False
 
     @property
     def painted(self) -> list[int]:
@@ -65,6 +76,7 @@ def drawn_of(masks: np.ndarray, record: SliceRecord | None, axis: str,
     if record is not None and record.axis == axis and record.frames == len(masks) \
             and complete != "off":
         frames = {f: masks[f] for f in record.drawn if 0 <= f < len(masks)}
+        kept = {}
         for f in range(len(masks)):
             if f in frames:
                 continue
@@ -73,8 +85,11 @@ def drawn_of(masks: np.ndarray, record: SliceRecord | None, axis: str,
                                                      and known != fingerprint(masks[f]))
             if changed:
                 frames[f] = masks[f]  # corrected, newly painted or erased by the user
+            elif has[f]:
+                kept[f] = masks[f]
         if frames:
-            return Drawn(frames, False, "record")
+            users = any(masks[f].any() for f in record.drawn if 0 <= f < len(masks))
+            return Drawn(frames, False, "record", kept, prior=not users)
     contiguous = bool(labelled) and labelled[-1] - labelled[0] + 1 == len(labelled)
     full = complete == "off" or (complete == "auto" and contiguous
                                  and len(labelled) >= FULL_LABEL_MIN_SLICES)
