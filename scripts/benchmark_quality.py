@@ -250,9 +250,10 @@ def methods(args) -> list[tuple[str, dict]]:
 def cross_case(seg: Segmenter, case: data.Case, root: Path, tmp: Path, args) -> list[dict]:
     """One case, one painted slice first, then the full label (with baselines)."""
     p = data.case_paths(case, root)
-    s, q, qr = (read_image(p[k], name=k) for k in ("support", "query", "query_ref"))
+    s, q = (read_image(p[k], name=k) for k in ("support", "query"))
     sup = label_masks(p["support_label"], s, case.labels)
-    refs = {nm: qr.array == rv for nm, rv in zip(case.names, case.ref_labels)}
+    ref = label_masks(p["query_ref"], q, case.ref_labels)  # cropped references put on q's grid
+    refs = {nm: ref[rv] for nm, rv in zip(case.names, case.ref_labels)}
     one = painted_slice(sup, s, tmp / f"{case.name}_one_slice.nii.gz")
     rows = []
     for setting, label in (("one painted slice", str(one)), ("full label", p["support_label"])):
@@ -372,7 +373,10 @@ def correct(res, refs: dict[str, np.ndarray], out: Path,
         wrong = total - 2 * inter
         dice = np.where(total > 0, 2 * inter / np.maximum(total, 1), 2.0)
         order = np.lexsort((-wrong, dice))  # lowest Dice first, then most wrong pixels
-        f = int(next(i for i in order if total[i] > 0 and (e.name, int(i)) not in corrected))
+        left = [int(i) for i in order if total[i] > 0 and (e.name, int(i)) not in corrected]
+        if not left:  # every slice that holds the structure is corrected already
+            continue
+        f = left[0]
         frames[f][frames[f] == e.output_value] = 0
         frames[f][r[f]] = e.output_value
         corrected[(e.name, f)] = r[f].copy()
@@ -391,20 +395,25 @@ def _safe(name: str) -> str:
 
 def main() -> None:
     args = parse()
+    if args.merge:
+        merge(args)
+        return
     root = data.fetch(progress=False)
     seg, ckpt_sha = segmenter(args)
     cases = [{**data.CASES, **data.HELD_OUT}[c] for c in args.cases.split(",")]
-    scan_cases = list(data.SCAN_CASES.values()) if args.held_out else []
+    scan_cases = [data.SCAN_CASES[c] for c in args.scan_cases.split(",") if c]
     ks = [int(k) for k in args.corrections.split(",") if k.strip()]
     rows: list[dict] = []
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        for case in cases:
+        for case in [] if args.in_scan_only else cases:
             rows += cross_case(seg, case, root, tmp, args)
             rows += cross_corrections(seg, case, root, tmp, args, ks)
+            write(rows, args, ckpt_sha, table=False)  # what is done is kept
             print(f"done {case.name}", file=sys.stderr)
         for scan in scans(cases, scan_cases, root):
             rows += in_scan(seg, scan, tmp, args, ks)
+            write(rows, args, ckpt_sha, table=False)
             print(f"done {scan.name} (in-scan)", file=sys.stderr)
     write(rows, args, ckpt_sha)
 
@@ -464,13 +473,39 @@ def parse():
     ap.add_argument("--no-baselines", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/quality"))
+    ap.add_argument("--in-scan-only", action="store_true", help="only the in-scan rows")
+    ap.add_argument("--scan-cases", default="", help="in-scan-only cases (--held-out: all)")
+    ap.add_argument("--merge", type=Path, nargs="+", help="combine the results of runs on parts "
+                    "of the cases (their --out folders) into --out, rows in the usual order")
     args = ap.parse_args()
     if args.held_out:
         args.cases = ",".join([*args.cases.split(","), *data.HELD_OUT])
+        args.scan_cases = ",".join(data.SCAN_CASES)
     return args
 
 
-def write(rows: list[dict], args, ckpt_sha: str | None) -> None:
+def merge(args) -> None:
+    """One result from runs on parts of the cases: rows ordered as one run orders them (every
+    case's cross-scan rows in the cases' order, then the in-scan rows), each part's
+    arguments, machine and versions kept under ``parts``."""
+    metas = [json.loads((d / "quality.json").read_text()) for d in args.merge]
+    shas = {m["checkpoint_sha256"] for m in metas}
+    if len(shas) != 1:
+        sys.exit("the parts were run with different checkpoints")
+    order = [*data.CASES, *data.HELD_OUT, *data.SCAN_CASES]
+
+    def key(r: dict) -> tuple[int, int]:
+        name = r["case"].split(":")[0]
+        return (r["setting"] == "in-scan", order.index(name) if name in order else len(order))
+
+    rows = sorted((r for m in metas for r in m["rows"]), key=key)
+    write(rows, args, shas.pop(), parts=[{k: m[k] for k in ("args", "machine", "versions")}
+                                          for m in metas])
+
+
+def write(rows: list[dict], args, ckpt_sha: str | None, table: bool = True,
+          parts: list[dict] | None = None) -> None:
+    """CSV and JSON (versions, machine, checkpoint, arguments) of the rows; the table."""
     args.out.mkdir(parents=True, exist_ok=True)
     with open(args.out / "quality.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=COLS)
@@ -484,7 +519,11 @@ def write(rows: list[dict], args, ckpt_sha: str | None) -> None:
             "references": {c.name: c.reference for c in (*data.CASES.values(),
                                                          *data.HELD_OUT.values())},
             "args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}
+    if parts:
+        meta["parts"] = parts  # merged from runs of parts of the cases (--merge)
     (args.out / "quality.json").write_text(json.dumps(meta, indent=2, default=_json))
+    if not table:
+        return
     print(f"{'setting':36s} {'case':32s} {'label':14s} {'method':16s} {'k':>2s} {'Dice':>6s} "
           f"{'HD95mm':>7s} {'Dice@sl':>7s} {'ext.x':>5s} {'s':>6s} note")
     for r in rows:
