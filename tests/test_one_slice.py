@@ -172,9 +172,9 @@ def test_a_correction_never_loses_the_rest_of_a_result(tmp_path, edit):
     f = has[-1] + 3 if edit == "erase" else has[0]
     if edit == "erase":
         edited[f] = False
-    else:  # the user redraws the first slice smaller (its left half)
+    else:  # the user redraws the first slice much smaller (its leftmost quarter)
         cols = np.nonzero(truth[f])[1]
-        edited[f] = truth[f] & (np.arange(64) < int(np.median(cols)))[None, :]
+        edited[f] = truth[f] & (np.arange(64) < int(np.percentile(cols, 25)))[None, :]
         assert edited[f].any() and not np.array_equal(edited[f], previous[f])
     label = Volume(frames.to_volume_array(edited.astype(np.uint8)), spacing=img.spacing)
     fixed = tmp_path / "fixed.seg.nrrd"

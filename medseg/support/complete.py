@@ -68,6 +68,10 @@ class CompletionParams:
     demons_iterations: int = 50
     demons_sigma: float = 1.5  # smoothing of the displacement field, in pixels
     between: str = "union"  # a frame reached from two drawn frames: both estimates (union)
+    # corrections: outside the user's slices, a previous estimate stays where the new one
+    # covers less than this of it (not tuned: below half, the new estimate comes from a
+    # corrected slice too small to carry the structure; see keep_previous)
+    keep_area: float = 0.5
 
 
 COMPLETION = CompletionParams()
@@ -327,18 +331,30 @@ def complete_with_sam2(engine: Sam2Engine, frames: np.ndarray, drawn: list[Drawn
     return result
 
 
-def keep_unreached(c: Completion, drawn: Drawn) -> None:
-    """A previous result's untouched estimates on the frames the new estimate leaves empty
-    (and the user did not draw) and, for a result of another scan (:attr:`Drawn.prior`),
-    on every frame outside the span of the user's slices: a correction refines a result,
-    it never loses the rest."""
-    span = (min(drawn.painted), max(drawn.painted)) if drawn.painted else (0, -1)
-    kept = [f for f in drawn.kept if not c.drawn[f] and (
-        not c.masks[f].any() or (drawn.prior and not span[0] < f < span[1]))]
-    for f in kept:
-        c.masks[f] = drawn.kept[f]
-    if drawn.kept:
-        c.info["kept_from_previous_result"] = len(kept)
+def keep_previous(c: Completion, drawn: Drawn, p: CompletionParams = COMPLETION) -> None:
+    """A corrected result re-estimated from the user's slices keeps the estimates the user
+    left untouched where the new estimate has nothing better: a correction refines a
+    result, it never loses the rest of it.
+
+    * Only erased slices (nothing painted to estimate from): every untouched estimate stays.
+    * Outside the span of the user's painted slices, an untouched estimate stays where the
+      new one covers less than :attr:`CompletionParams.keep_area` of it, nothing included
+      (a small corrected slice at the edge of a structure, carried through it or stopped
+      at once, would otherwise shrink or end the structure everywhere).
+    * Between the user's painted slices the new estimate holds.
+    """
+    if not drawn.kept:
+        return
+    span = (min(drawn.painted), max(drawn.painted)) if drawn.painted else None
+    kept = []
+    for f, prev in drawn.kept.items():
+        if c.drawn[f]:
+            continue
+        new = int(c.masks[f].sum())
+        if span is None or (not span[0] < f < span[1] and new < p.keep_area * prev.sum()):
+            c.masks[f] = prev
+            kept.append(f)
+    c.info["kept_from_previous_result"] = len(kept)
 
 
 # --- the stage -----------------------------------------------------------------------------
@@ -402,7 +418,7 @@ def complete_support(image: Volume, frames: FrameStack, label: SupportLabel, val
         for v in todo:
             done[v] = complete_by_registration(raw, frames.spacing, drawn[v])
     for v in todo:
-        keep_unreached(done[v], drawn[v])
+        keep_previous(done[v], drawn[v])
     structures = {v: done[v] for v in values}
     if not todo:
         return CompletedSupport(label, structures, drawn)

@@ -7,9 +7,8 @@ what medseg keeps exactly and what it estimates:
   another editor): the slices the record says were drawn, and every slice whose mask
   differs from the estimate the record fingerprinted -- a corrected slice, a newly painted
   one, or an erased one (drawn empty: "the structure is not here"); the estimates the user
-  left as they were are kept where the new estimate from the drawn slices does not reach,
-  and, when the result held no slice of the user's (a result of another scan), everywhere
-  outside the span of the user's slices;
+  left as they were are kept where nothing new can be estimated (see
+  :func:`~medseg.support.complete.keep_previous`);
 * a label that already covers the structure in 3D -- its labelled slices form one
   unbroken run of at least :data:`FULL_LABEL_MIN_SLICES` -- is taken as it is (an atlas,
   TotalSegmentator's output, a full manual segmentation);
@@ -43,10 +42,6 @@ class Drawn:
     # the new estimate from the drawn frames does not reach, so a correction never loses
     # the rest of the structure (an erased slice alone gives nothing to estimate from)
     kept: dict[int, np.ndarray] = field(default_factory=dict)
-    # the previous result held no slice of the user's (a result of another scan): its
-    # estimates are the better guess away from the user's slices, so they are kept outside
-    # the span of the user's slices and replaced only between them
-    prior: bool = False
 
     @property
     def painted(self) -> list[int]:
@@ -88,8 +83,7 @@ def drawn_of(masks: np.ndarray, record: SliceRecord | None, axis: str,
             elif has[f]:
                 kept[f] = masks[f]
         if frames:
-            users = any(masks[f].any() for f in record.drawn if 0 <= f < len(masks))
-            return Drawn(frames, False, "record", kept, prior=not users)
+            return Drawn(frames, False, "record", kept)
     contiguous = bool(labelled) and labelled[-1] - labelled[0] + 1 == len(labelled)
     full = complete == "off" or (complete == "auto" and contiguous
                                  and len(labelled) >= FULL_LABEL_MIN_SLICES)
