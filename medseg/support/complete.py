@@ -338,10 +338,11 @@ def keep_previous(c: Completion, drawn: Drawn, p: CompletionParams = COMPLETION)
 
     * Only erased slices (nothing painted to estimate from): every untouched estimate stays.
     * Outside the span of the user's painted slices, an untouched estimate stays where the
-      new one covers less than :attr:`CompletionParams.keep_area` of it, nothing included
-      (a small corrected slice at the edge of a structure, carried through it or stopped
-      at once, would otherwise shrink or end the structure everywhere).
-    * Between the user's painted slices the new estimate holds.
+      new one holds something but less than :attr:`CompletionParams.keep_area` of it (a
+      small slice corrected at the edge of a structure, carried through it, would shrink
+      the structure everywhere).
+    * Elsewhere the new estimate holds, also where it is empty: the stop rule decides where
+      the structure ends, so slices found beyond it are cut back.
     """
     if not drawn.kept:
         return
@@ -351,7 +352,7 @@ def keep_previous(c: Completion, drawn: Drawn, p: CompletionParams = COMPLETION)
         if c.drawn[f]:
             continue
         new = int(c.masks[f].sum())
-        if span is None or (not span[0] < f < span[1] and new < p.keep_area * prev.sum()):
+        if span is None or (not span[0] < f < span[1] and 0 < new < p.keep_area * prev.sum()):
             c.masks[f] = prev
             kept.append(f)
     c.info["kept_from_previous_result"] = len(kept)
