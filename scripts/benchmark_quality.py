@@ -407,11 +407,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         for case in [] if args.in_scan_only else cases:
-            rows += cross_case(seg, case, root, tmp, args)
+            if not args.corrections_only:
+                rows += cross_case(seg, case, root, tmp, args)
             rows += cross_corrections(seg, case, root, tmp, args, ks)
             write(rows, args, ckpt_sha, table=False)  # what is done is kept
             print(f"done {case.name}", file=sys.stderr)
-        for scan in scans(cases, scan_cases, root):
+        for scan in [] if args.corrections_only else scans(cases, scan_cases, root):
             rows += in_scan(seg, scan, tmp, args, ks)
             write(rows, args, ckpt_sha, table=False)
             print(f"done {scan.name} (in-scan)", file=sys.stderr)
@@ -474,6 +475,8 @@ def parse():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/quality"))
     ap.add_argument("--in-scan-only", action="store_true", help="only the in-scan rows")
+    ap.add_argument("--corrections-only", action="store_true",
+                    help="only the corrections curves from one painted slice on another scan")
     ap.add_argument("--scan-cases", default="", help="in-scan-only cases (--held-out: all)")
     ap.add_argument("--merge", type=Path, nargs="+", help="combine the results of runs on parts "
                     "of the cases (their --out folders) into --out, rows in the usual order")
@@ -486,8 +489,9 @@ def parse():
 
 def merge(args) -> None:
     """One result from runs on parts of the cases: rows ordered as one run orders them (every
-    case's cross-scan rows in the cases' order, then the in-scan rows), each part's
-    arguments, machine and versions kept under ``parts``."""
+    case's cross-scan rows in the cases' order, then the in-scan rows; a row of a later
+    part replaces the same row of an earlier one), each part's arguments, machine and
+    versions kept under ``parts``."""
     metas = [json.loads((d / "quality.json").read_text()) for d in args.merge]
     shas = {m["checkpoint_sha256"] for m in metas}
     if len(shas) != 1:
@@ -498,7 +502,11 @@ def merge(args) -> None:
         name = r["case"].split(":")[0]
         return (r["setting"] == "in-scan", order.index(name) if name in order else len(order))
 
-    rows = sorted((r for m in metas for r in m["rows"]), key=key)
+    latest = {}  # a row of a later part replaces the same row of an earlier one
+    for m in metas:
+        latest.update({(r["setting"], r["case"], r["label"], r["method"], r["corrections"]): r
+                       for r in m["rows"]})
+    rows = sorted(latest.values(), key=key)
     write(rows, args, shas.pop(), parts=[{k: m[k] for k in ("args", "machine", "versions")}
                                           for m in metas])
 

@@ -201,14 +201,10 @@ def _completion_of(new: dict[int, int], drawn: dict[int, int], kept: dict[int, i
 @pytest.mark.parametrize("new, drawn, kept, expect", [
     # only an erased slice: every untouched estimate stays, the new one is not used
     ({2: 5}, {4: 0}, {1: 10, 2: 20, 3: 30}, {1: 10, 2: 20, 3: 30, 4: 0}),
-    # outside the user's span, a new estimate of at least half of the previous holds ...
-    ({1: 5, 2: 30, 8: 30}, {3: 20, 6: 20}, {1: 10, 2: 20, 8: 40}, {1: 5, 2: 30, 8: 30}),
-    # ... a smaller one leaves the previous in place
-    ({1: 4, 8: 19}, {3: 20, 6: 20}, {1: 10, 8: 40}, {1: 10, 8: 40}),
-    # ... an empty new estimate: the structure ended there (slices found too far cut back)
-    ({}, {3: 20, 6: 20}, {1: 10, 8: 40}, {1: 0, 8: 0}),
-    # between the user's slices the new estimate holds, however small
-    ({4: 1, 5: 0}, {3: 20, 6: 20}, {4: 30, 5: 30}, {4: 1, 5: 0}),
+    # a painted or redrawn slice: the new estimate holds everywhere, also where it is
+    # empty (slices found beyond where the structure ends are cut back)
+    ({1: 5, 2: 30}, {3: 20, 6: 20}, {1: 10, 2: 20, 8: 40}, {1: 5, 2: 30, 8: 0}),
+    ({4: 1, 5: 0}, {3: 20, 6: 0}, {4: 30, 5: 30}, {4: 1, 5: 0}),
 ])
 def test_what_a_correction_keeps_of_the_previous_result(new, drawn, kept, expect):
     from medseg.support.complete import keep_previous

@@ -68,10 +68,6 @@ class CompletionParams:
     demons_iterations: int = 50
     demons_sigma: float = 1.5  # smoothing of the displacement field, in pixels
     between: str = "union"  # a frame reached from two drawn frames: both estimates (union)
-    # corrections: outside the user's slices, a previous estimate stays where the new one
-    # covers less than this of it (not tuned: below half, the new estimate comes from a
-    # corrected slice too small to carry the structure; see keep_previous)
-    keep_area: float = 0.5
 
 
 COMPLETION = CompletionParams()
@@ -331,30 +327,17 @@ def complete_with_sam2(engine: Sam2Engine, frames: np.ndarray, drawn: list[Drawn
     return result
 
 
-def keep_previous(c: Completion, drawn: Drawn, p: CompletionParams = COMPLETION) -> None:
-    """A corrected result re-estimated from the user's slices keeps the estimates the user
-    left untouched where the new estimate has nothing better: a correction refines a
-    result, it never loses the rest of it.
-
-    * Only erased slices (nothing painted to estimate from): every untouched estimate stays.
-    * Outside the span of the user's painted slices, an untouched estimate stays where the
-      new one holds something but less than :attr:`CompletionParams.keep_area` of it (a
-      small slice corrected at the edge of a structure, carried through it, would shrink
-      the structure everywhere).
-    * Elsewhere the new estimate holds, also where it is empty: the stop rule decides where
-      the structure ends, so slices found beyond it are cut back.
-    """
-    if not drawn.kept:
+def keep_previous(c: Completion, drawn: Drawn) -> None:
+    """A corrected result whose only changes are erased slices keeps every other slice as
+    it was: erasing gives nothing to estimate from, and a correction never loses the rest
+    of a result. With a painted or redrawn slice, the structure is estimated again from
+    the user's slices (the stop rule deciding where it ends, so slices found beyond it are
+    cut back)."""
+    if not drawn.kept or drawn.painted:
         return
-    span = (min(drawn.painted), max(drawn.painted)) if drawn.painted else None
-    kept = []
-    for f, prev in drawn.kept.items():
-        if c.drawn[f]:
-            continue
-        new = int(c.masks[f].sum())
-        if span is None or (not span[0] < f < span[1] and 0 < new < p.keep_area * prev.sum()):
-            c.masks[f] = prev
-            kept.append(f)
+    kept = [f for f in drawn.kept if not c.drawn[f]]
+    for f in kept:
+        c.masks[f] = drawn.kept[f]
     c.info["kept_from_previous_result"] = len(kept)
 
 
