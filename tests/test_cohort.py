@@ -42,6 +42,19 @@ def _input_digests(root):
             and not p.relative_to(root).parts[0].startswith("out")}
 
 
+def _terminate_after_first_query(proc) -> str:
+    """SIGTERM to a cohort run once its first query has started; it exits 143. Its stderr."""
+    import signal
+
+    for line in proc.stderr:
+        if line.startswith("[1/"):
+            proc.send_signal(signal.SIGTERM)
+            break
+    err = proc.stderr.read()
+    assert proc.wait(120) == 143, err
+    return err
+
+
 def _summary(out):
     with open(out / "cohort_summary.csv", encoding="utf-8") as fh:
         return {r["stem"]: r for r in csv.DictReader(fh)}
@@ -341,7 +354,6 @@ def test_10_a_hanging_query_is_timed_out_and_the_rest_go_on(tmp_path, cohort, ca
 def test_10_an_interrupted_cohort_still_writes_its_summary(tmp_path, cohort):
     """SIGTERM in the middle of a cohort: exit 143, the finished queries' outputs whole,
     the summary written with the queries not reached listed as not run."""
-    import signal
     import subprocess
     import sys
     import textwrap
@@ -363,12 +375,7 @@ def test_10_an_interrupted_cohort_still_writes_its_summary(tmp_path, cohort):
         sys.exit(cli.main({[str(a) for a in args]!r}))
     """)
     proc = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)
-    for line in proc.stderr:
-        if line.startswith("[1/"):
-            proc.send_signal(signal.SIGTERM)
-            break
-    err = proc.stderr.read()
-    assert proc.wait(120) == 143, err
+    _terminate_after_first_query(proc)
     rows = _summary(out)
     assert len(rows) == 5 and "not run" in {r["status"] for r in rows.values()}
     for stem, r in rows.items():
@@ -461,7 +468,6 @@ def test_13_14_ray_worker_death_is_retried_on_its_own_private_cluster(tmp_path, 
 
 
 def test_13_sigterm_to_a_ray_driver_is_exit_143_with_a_summary(tmp_path, cohort):
-    import signal
     import subprocess
     import sys
 
@@ -473,12 +479,7 @@ def test_13_sigterm_to_a_ray_driver_is_exit_143_with_a_summary(tmp_path, cohort)
     proc = subprocess.Popen([sys.executable, "-m", "medseg.cli", "segment", "-s", files["s"],
                              "-l", files["l"], "-i", qdir, "-o", out, *TRANSFER, "--workers",
                              "2"], stderr=subprocess.PIPE, text=True)
-    for line in proc.stderr:
-        if line.startswith("[1/"):
-            proc.send_signal(signal.SIGTERM)
-            break
-    err = proc.stderr.read()
-    assert proc.wait(120) == 143, err
+    err = _terminate_after_first_query(proc)
     assert "Traceback" not in err and "medseg: terminated" in err
     rows = _summary(out)
     assert len(rows) == 10 and {"ok", "not run"} <= {r["status"] for r in rows.values()}
