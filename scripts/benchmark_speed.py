@@ -25,7 +25,8 @@ start to its exit, and every row states ``frames_run``, the query frames SAM2 wo
   ``add_new_mask`` on the painted one, propagated forward and backward, written as NIfTI.
 
 Each row is the median of ``--repeats`` runs (all rows' runs interleaved); every run's
-total is kept. Reported: seconds and slices/s, medseg's speed-up over each raw row of the same job,
+total is kept. Reported: seconds, CPU seconds (user + system: the work done, whatever the
+number of cores) and slices/s, medseg's speed-up over each raw row of the same job,
 medseg's stage times (from its report), raw sam2's propagation alone, peak RAM (max RSS)
 and peak GPU memory. Timing does not depend on the weights: without --checkpoint a
 random-weight tiny model built from the real sam2 config is used. Results: CSV + JSON with
@@ -147,8 +148,9 @@ def synthetic_ct(n: int, hw: int, seed: int, dz: float = 2.0):
     return Volume(img, **geo), Volume(lab, **geo)
 
 
-def timed(cmd: list[str], env: dict) -> tuple[float, float, str, str]:
-    """(wall seconds, peak RSS MB, stdout, stderr) of one fresh process."""
+def timed(cmd: list[str], env: dict) -> tuple[float, float, float, str, str]:
+    """(wall seconds, CPU seconds (user + system), peak RSS MB, stdout, stderr) of one
+    fresh process."""
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         t0 = time.perf_counter()
         p = subprocess.Popen(cmd, stdout=out, stderr=err, text=True, env=env)
@@ -161,7 +163,7 @@ def timed(cmd: list[str], env: dict) -> tuple[float, float, str, str]:
     if p.returncode:
         print(stderr[-3000:], file=sys.stderr)
         raise SystemExit(f"failed ({p.returncode}): {' '.join(cmd[:4])} ...")
-    return wall, usage.ru_maxrss / 1024.0, stdout, stderr
+    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024.0, stdout, stderr
 
 
 def prepare(tmp: Path, size: int, hw: int) -> dict[str, Path]:
@@ -212,7 +214,7 @@ def run_medseg(args, paths: dict, size: int, mode: str, ckpt: Path, tmp: Path) -
            "--no-download"]
     cmd += ["--image-size", str(args.image_size)] if args.image_size else []
     cmd += ["--compile"] if args.compile else []
-    wall, rss, _, _ = timed(cmd, os.environ.copy())
+    wall, cpu, rss, _, _ = timed(cmd, os.environ.copy())
     rep = json.loads(next(out.glob("*_report.json")).read_text())
     if mode == "scan":
         drawn = sum(any(f.get("drawn") or []) for f in rep["per_frame"])
@@ -220,8 +222,8 @@ def run_medseg(args, paths: dict, size: int, mode: str, ckpt: Path, tmp: Path) -
     else:
         frames_run = sum(g["propagation"].get("frames_run", 0) for g in rep["support_groups"])
     rec = {"slices": size, "mode": f"medseg {mode}", "frames_run": frames_run,
-           "total_s": round(wall, 3), "slices_per_s": round(size / wall, 3),
-           "peak_rss_mb": round(rss, 1)}
+           "total_s": round(wall, 3), "cpu_s": round(cpu, 1),
+           "slices_per_s": round(size / wall, 3), "peak_rss_mb": round(rss, 1)}
     rec.update({f"{k}_s": v for k, v in rep["timings_s"].items()})
     eng = rep["engine"]
     rec.update(image_size=eng["image_size"], precision=eng["precision"],
@@ -246,10 +248,11 @@ def _result(out: str) -> dict:
 def run_raw(args, paths: dict, size: int, ckpt: Path, image_size: int) -> dict:
     """Stock sam2's part: the prepared frames in, nothing written."""
     cmd = _raw_cmd(args, ckpt, image_size, RAW, str(paths["jpg"]), str(paths["mask"]))
-    wall, rss, out, _ = timed(cmd, {**os.environ, "TQDM_DISABLE": "1"})
+    wall, cpu, rss, out, _ = timed(cmd, {**os.environ, "TQDM_DISABLE": "1"})
     r = _result(out)
     return {"slices": size, "mode": "raw sam2 (its part)", "frames_run": r["frames_run"],
-            "total_s": round(wall, 3), "slices_per_s": round(size / wall, 3),
+            "total_s": round(wall, 3), "cpu_s": round(cpu, 1),
+            "slices_per_s": round(size / wall, 3),
             "peak_rss_mb": round(rss, 1), "raw_build_s": round(r["build_s"], 3),
             "raw_init_state_s": round(r["init_state_s"], 3),
             "raw_propagate_s": round(r["propagate_s"], 3),
@@ -265,10 +268,10 @@ def run_peer(args, paths: dict, size: int, ckpt: Path, image_size: int, tmp: Pat
     rest = ["-", str(paths["painted"])] if scan else [str(paths["s"]), str(paths["l"])]
     cmd = _raw_cmd(args, ckpt, image_size, PEER, *rest, str(paths["q"]), str(out),
                    *map(str, CT_WINDOW), str(size // 2))
-    wall, rss, stdout, _ = timed(cmd, {**os.environ, "TQDM_DISABLE": "1"})
+    wall, cpu, rss, stdout, _ = timed(cmd, {**os.environ, "TQDM_DISABLE": "1"})
     r = _result(stdout)
     return {"slices": size, "mode": f"raw sam2 {'scan ' if scan else ''}(end to end)",
-            "frames_run": r["frames_run"], "total_s": round(wall, 3),
+            "frames_run": r["frames_run"], "total_s": round(wall, 3), "cpu_s": round(cpu, 1),
             "slices_per_s": round(size / wall, 3), "peak_rss_mb": round(rss, 1),
             "raw_build_s": round(r["build_s"], 3), "raw_read_frames_s": round(r["read_frames_s"], 3),
             "raw_propagate_s": round(r["propagate_s"], 3),
@@ -277,12 +280,12 @@ def run_peer(args, paths: dict, size: int, ckpt: Path, image_size: int, tmp: Pat
             "image_size": image_size}
 
 
-COLS = ["slices", "mode", "frames_run", "total_s", "slices_per_s", "speedup_vs_raw_part",
+COLS = ["slices", "mode", "frames_run", "total_s", "cpu_s", "slices_per_s", "speedup_vs_raw_part",
         "speedup_vs_raw_end_to_end", "load_s", "frames_s", "complete_s", "locate_s",
         "support_s", "match_s", "propagate_s", "postprocess_s", "write_s", "model_load_s",
         "raw_build_s", "raw_init_state_s", "raw_read_frames_s", "raw_propagate_s",
         "raw_propagate_frames_per_s", "peak_rss_mb", "peak_gpu_mb", "compile_warmup_s",
-        "runs_total_s"]
+        "runs_total_s", "runs_cpu_s"]
 
 
 def one_size(args, size: int, ckpt: Path, tmp: Path) -> list[dict]:
@@ -325,6 +328,7 @@ def _median(runs: list[dict]) -> dict:
     ordered = sorted(runs, key=lambda r: r["total_s"])
     row = dict(ordered[(len(ordered) - 1) // 2])
     row["runs_total_s"] = [r["total_s"] for r in runs]
+    row["runs_cpu_s"] = [r["cpu_s"] for r in runs]
     return row
 
 
@@ -375,7 +379,7 @@ def main() -> None:
         w.writerows(rows)
     print(f"device {dev}{f' ({gpu})' if gpu else ''}, model {args.model}, image size "
           f"{rows[0].get('image_size')}, {args.hw}x{args.hw} slices, batch {args.batch_size}")
-    show = ["slices", "mode", "frames_run", "total_s", "slices_per_s", "speedup_vs_raw_part",
+    show = ["slices", "mode", "frames_run", "total_s", "cpu_s", "slices_per_s", "speedup_vs_raw_part",
             "speedup_vs_raw_end_to_end", "propagate_s", "raw_propagate_s", "peak_rss_mb",
             "peak_gpu_mb"]
     print(" | ".join(show))

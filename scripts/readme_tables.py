@@ -155,13 +155,14 @@ def speed() -> str:
     out = []
     for r in meta["rows"]:
         out.append([str(r["slices"]), r["mode"], str(r.get("frames_run", "—")),
-                    _f(r["total_s"], 1), _f(r["slices_per_s"], 2),
+                    _f(r["total_s"], 1), _f(r.get("cpu_s"), 1), _f(r["slices_per_s"], 2),
                     "—" if r.get("speedup_vs_raw_part") is None else
                     f"{r['speedup_vs_raw_part']:.2f}×",
                     "—" if r.get("speedup_vs_raw_end_to_end") is None else
                     f"{r['speedup_vs_raw_end_to_end']:.2f}×",
                     _f(_sam2_stage(r), 1), _f(r.get("peak_rss_mb"), 0)])
-    return _table(["slices", "run", "frames run", "seconds", "slices/s", "vs raw sam2's part",
+    return _table(["slices", "run", "frames run", "seconds", "CPU seconds", "slices/s",
+                   "vs raw sam2's part",
                    "vs raw sam2 end to end", "matching + SAM2 (s)", "peak RAM (MB)"], out)
 
 
