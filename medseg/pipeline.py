@@ -454,11 +454,17 @@ def _same_scan(inputs: Inputs, frames: Frames, plan: LabelPlan, done: CompletedS
     expected = np.stack([done.structures[e.support_value].masks.any(axis=(1, 2))
                          for e in plan], axis=1)
     drawn = np.stack([done.structures[e.support_value].drawn for e in plan])
-    for i, e in enumerate(plan):  # drawn frames are the user's, whatever the clean-up did
+    # drawn frames are the user's, whatever the clean-up did: drawn pixels win over every
+    # estimate (of any structure); where two structures were drawn over each other, the
+    # one listed first
+    claimed: dict[int, np.ndarray] = {}
+    for i, e in enumerate(plan):
         d = done.drawn[e.support_value]
         for f, m in d.frames.items():
+            taken = claimed.setdefault(f, np.zeros(shape, bool))
             lab[f][lab[f] == e.output_value] = 0
-            lab[f][m & (lab[f] == 0)] = e.output_value
+            lab[f][m & ~taken] = e.output_value
+            taken |= m
             if combined.masks is not None:
                 combined.masks[i, f] = m
     result = assemble(inputs, frames, plan, [], combined, lab, cfg, eng, t,

@@ -178,6 +178,26 @@ def test_an_erased_slice_never_loses_the_rest_of_a_result(tmp_path):
     assert res.report.support_completion[0]["kept_from_previous_result"] == len(has) + 2
 
 
+def test_drawn_pixels_win_over_another_structures_estimate():
+    """Two structures painted on neighbouring slices, the body (listed first) around the
+    organ: the body's estimate on the organ's slice covers the organ, and the organ's
+    drawn pixels still come back exactly (before: the body kept them)."""
+    img, lab = _ellipsoid_scan(seed=3)
+    frames = volume_to_frames(img)
+    organ = frames.view_of(lab.array == 1)
+    body = frames.view_of(img.array > -500)
+    f = int(np.argmax(organ.sum(axis=(1, 2))))
+    painted = np.zeros(organ.shape, np.uint8)
+    painted[f - 1][body[f - 1]] = 2
+    painted[f][organ[f]] = 1
+    label = Volume(frames.to_volume_array(painted), spacing=img.spacing)
+    res = Segmenter().segment(img, label, None, method="transfer", labels=[2, 1])
+    got = res.label_frames
+    assert (got[f] == 1).any()  # the body's estimate reached the organ's slice
+    assert np.array_equal(got[f] == 2, organ[f])  # output value 2: the organ, drawn
+    assert np.array_equal(got[f - 1] == 1, body[f - 1])
+
+
 def _completion_of(new: dict[int, int], drawn: dict[int, int], kept: dict[int, int]):
     """A Completion and a Drawn on 10 frames of 8 x 8; values are mask areas (pixels)."""
     from medseg.support.complete import Completion
@@ -204,7 +224,11 @@ def _completion_of(new: dict[int, int], drawn: dict[int, int], kept: dict[int, i
     # a painted or redrawn slice: the new estimate holds everywhere, also where it is
     # empty (slices found beyond where the structure ends are cut back)
     ({1: 5, 2: 30}, {3: 20, 6: 20}, {1: 10, 2: 20, 8: 40}, {1: 5, 2: 30, 8: 0}),
-    ({4: 1, 5: 0}, {3: 20, 6: 0}, {4: 30, 5: 30}, {4: 1, 5: 0}),
+    ({4: 12, 5: 0}, {3: 20, 6: 0}, {4: 30, 5: 30}, {4: 12, 5: 0}),  # 12 of 60: 0.2
+    # ... unless it collapsed (under 0.2 of the previous result on the untouched slices:
+    # the user's slices cannot carry the structure): those slices are kept beside it
+    ({4: 11, 5: 0}, {3: 20, 6: 0}, {4: 30, 5: 30}, {4: 30, 5: 30}),
+    ({4: 1, 5: 0, 7: 3}, {3: 20}, {4: 30, 5: 30}, {4: 30, 5: 30, 7: 3}),
 ])
 def test_what_a_correction_keeps_of_the_previous_result(new, drawn, kept, expect):
     from medseg.support.complete import keep_previous
