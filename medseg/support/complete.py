@@ -19,7 +19,9 @@ painted one -- medseg estimates the structure on every other slice of that scan:
   every drawn slice a mask prompt (``add_new_mask``), propagated forward from the first
   prompt and backward from it; SAM2's object score decides where the structure ends.
 
-Drawn slices always come back exactly as drawn (an empty drawn slice: absent there).
+Drawn slices always come back exactly as drawn (an empty drawn slice: absent there). A
+corrected result keeps the slices the user left as they were when the correction only
+erases, or when the estimate from the user's slices collapses (:func:`keep_previous`).
 
 The candidates measured for the weight-free method, on the first seven example cases
 (``scripts/benchmark_completion.py``, ``benchmarks/completion/``): scikit-image's
@@ -68,6 +70,13 @@ class CompletionParams:
     demons_iterations: int = 50
     demons_sigma: float = 1.5  # smoothing of the displacement field, in pixels
     between: str = "union"  # a frame reached from two drawn frames: both estimates (union)
+    # a corrected result estimated again from the user's slices that keeps less than this
+    # share of what the previous result had on the slices the user left as they were has
+    # collapsed (the user's slices cannot carry the structure, e.g. a small slice at its
+    # edge): those slices are kept beside the new estimate (:func:`keep_previous`). Set on
+    # the corrections curves of the example cases (``benchmarks/quality/``), where it keeps
+    # the head and a lung from collapsing after one correction; not on held-out cases.
+    collapse_ratio: float = 0.2
 
 
 COMPLETION = CompletionParams()
@@ -327,17 +336,26 @@ def complete_with_sam2(engine: Sam2Engine, frames: np.ndarray, drawn: list[Drawn
     return result
 
 
-def keep_previous(c: Completion, drawn: Drawn) -> None:
-    """A corrected result whose only changes are erased slices keeps every other slice as
-    it was: erasing gives nothing to estimate from, and a correction never loses the rest
-    of a result. With a painted or redrawn slice, the structure is estimated again from
-    the user's slices (the stop rule deciding where it ends, so slices found beyond it are
-    cut back)."""
-    if not drawn.kept or drawn.painted:
-        return
+def keep_previous(c: Completion, drawn: Drawn, p: CompletionParams = COMPLETION) -> None:
+    """What a corrected result keeps of the previous one (``drawn.kept``: the slices the
+    user left as they were). With a painted or redrawn slice the structure is estimated
+    again from the user's slices (the stop rule deciding where it ends, so slices found
+    beyond it are cut back) -- unless that estimate has collapsed: it holds less than
+    :attr:`~CompletionParams.collapse_ratio` of what the previous result had on those
+    slices (the user's slices cannot carry the structure, e.g. a small slice at its edge).
+    Then, as when the user only erased slices (nothing to estimate from), every untouched
+    slice is kept, beside the new estimate: a correction never loses most of a result."""
     kept = [f for f in drawn.kept if not c.drawn[f]]
+    if not kept:
+        return
+    if drawn.painted:
+        before = sum(int(drawn.kept[f].sum()) for f in kept)
+        now = sum(int(c.masks[f].sum()) for f in kept)
+        c.info["estimate_over_previous"] = round(now / max(before, 1), 3)
+        if now >= p.collapse_ratio * before:
+            return
     for f in kept:
-        c.masks[f] = drawn.kept[f]
+        c.masks[f] |= drawn.kept[f]
     c.info["kept_from_previous_result"] = len(kept)
 
 
