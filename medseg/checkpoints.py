@@ -228,6 +228,13 @@ def validate_checkpoint(path: Path, model: str, *, from_cache: bool = False) -> 
 
     A broken file in the cache is removed so the next run downloads it again.
     """
+    return checked_state_dict(path, model, from_cache=from_cache)[1]
+
+
+def checked_state_dict(path: Path, model: str, *, from_cache: bool = False
+                       ) -> tuple[dict, dict]:
+    """:func:`validate_checkpoint` that also returns the state dict it read (the model is
+    then built from it, without reading the file again): (state dict, metadata)."""
     try:
         sd, meta = load_state_dict(path)
     except ModelError as exc:
@@ -243,4 +250,4 @@ def validate_checkpoint(path: Path, model: str, *, from_cache: bool = False) -> 
             f"checkpoint {path} is a SAM2.1 '{found}' model but --model {model} was asked for; "
             f"pass --model {found} or the matching checkpoint"
         )
-    return {"model_size": found, **meta}
+    return sd, {"model_size": found, **meta}

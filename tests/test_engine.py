@@ -235,6 +235,27 @@ def test_pickle_with_code_is_refused(tmp_path):
         load_state_dict(p)
 
 
+def test_checkpoint_is_read_once_and_loaded_strictly(random_checkpoint, tmp_path, monkeypatch):
+    """The model is built from the state dict the checks read (one torch.load), with
+    sam2's strictness: a checkpoint lacking a key is refused in one line."""
+    import torch
+
+    from medseg.engine import Sam2Engine
+
+    real, calls = torch.load, []
+    monkeypatch.setattr(torch, "load", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    e = Sam2Engine(model="tiny", checkpoint=str(random_checkpoint), device="cpu")
+    assert len(calls) == 1
+    monkeypatch.setattr(torch, "load", real)
+    sd = real(random_checkpoint, map_location="cpu", weights_only=True)["model"]
+    own = e.predictor.state_dict()
+    assert all(torch.equal(own[k], v) for k, v in sd.items()) and set(own) == set(sd)
+    del sd["sam_mask_decoder.pred_obj_score_head.layers.2.bias"]
+    torch.save({"model": sd}, tmp_path / "lacking.pt")
+    with pytest.raises(ModelError, match="does not fit the SAM2.1 config"):
+        Sam2Engine(model="tiny", checkpoint=str(tmp_path / "lacking.pt"), device="cpu")
+
+
 def test_offline_download_message(tmp_path, monkeypatch):
     from medseg import checkpoints
 

@@ -2,8 +2,10 @@
 random-weight models (tests, timing) from the same config and build path.
 
 sam2 chooses its predictor class with the Hydra override ``++model._target_=...``;
-medseg passes its own subclass the same way, so the real builder, config and checkpoint
-loading are used unchanged. A Hydra set up by another application (a notebook, a host
+medseg passes its own subclass the same way, so the real builder and config are used
+unchanged. The checkpoint is read once (checked by :mod:`medseg.checkpoints`) and its state
+dict loaded into the model the builder made, strictly, as sam2's own ``_load_checkpoint``
+loads it (a missing or unexpected key fails). A Hydra set up by another application (a notebook, a host
 program) is set aside while sam2's config module is used, and restored afterwards.
 """
 
@@ -30,8 +32,10 @@ def random_state_dict(config: str, image_size: int, seed: int) -> dict:
                        seed=seed).state_dict()
 
 
-def build_predictor(config: str, path, device, image_size: int):
-    """medseg's predictor through sam2's own builder (Hydra config, ``weights_only`` load)."""
+def build_predictor(config: str, path, device, image_size: int, state_dict: dict | None = None):
+    """medseg's predictor through sam2's own builder (Hydra config, ``weights_only`` load);
+    with ``state_dict`` (the checkpoint at ``path`` as already read) the file is not read
+    again."""
     try:
         check_compatibility = predictor_module.check_compatibility  # imports torch and sam2
     except (ImportError, MissingDependency) as exc:
@@ -42,7 +46,11 @@ def build_predictor(config: str, path, device, image_size: int):
     if image_size != 1024:
         overrides.append(f"++model.image_size={image_size}")
     try:
-        predictor = _build_sam2(config, str(path), str(device), overrides)
+        if state_dict is None:
+            predictor = _build_sam2(config, str(path), str(device), overrides)
+        else:
+            predictor = _build_sam2(config, None, str(device), overrides)
+            predictor.load_state_dict(state_dict)  # strict, as sam2's _load_checkpoint
     except RuntimeError as exc:
         if "out of memory" in str(exc).lower():
             raise DeviceError(f"out of GPU memory while loading the model on {device}") from exc

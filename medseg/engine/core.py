@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .._lazy import lazy_import
-from ..checkpoints import model_spec, provenance, resolve_checkpoint, sha256, validate_checkpoint
+from ..checkpoints import checked_state_dict, model_spec, provenance, resolve_checkpoint, sha256
 from ..config import ModelConfig, with_options
 from ..frames import to_model_input
 from ..support.augment import content_key
@@ -127,7 +127,7 @@ class Sam2Engine:
         self.device = select_device(cfg.device)
         path, source = resolve_checkpoint(cfg.model, cfg.checkpoint,
                                           allow_download=cfg.allow_download, progress=progress)
-        self.checkpoint_meta = validate_checkpoint(path, cfg.model,
+        state, self.checkpoint_meta = checked_state_dict(path, cfg.model,
                                                    from_cache=source in ("cache", "download"))
         self.checkpoint_path, self.checkpoint_source = path, source
         self.image_size = int(cfg.image_size if cfg.image_size is not None
@@ -136,7 +136,8 @@ class Sam2Engine:
         self.prune = True  # drop outputs beyond SAM2's memory reach (exact; tested)
         self._banks: OrderedDict[str, _BankState] = OrderedDict()  # see _bank
         t0 = time.perf_counter()
-        self.predictor = build_predictor(spec.config, path, self.device, self.image_size)
+        self.predictor = build_predictor(spec.config, path, self.device, self.image_size, state)
+        del state  # the weights live in the model now (the file is read once)
         self.load_seconds = time.perf_counter() - t0
         self._sha256: str | None = None
         use_bf16 = self.device.type == "cuda" and (
