@@ -207,15 +207,19 @@ def combine(props: list[Propagation], groups: list[SupportGroup], n_out: int, sh
     keep = bool(props) and all(p.masks is not None for p in props)
     masks = np.zeros((n_out, *shape), bool) if keep else None
     best = np.full(shape, np.inf, np.float32)
-    for p, g in zip(props, groups):
+    for gi, (p, g) in enumerate(zip(props, groups)):
         local = np.array([0, *g.outputs], labels.dtype)[p.labels]
-        if frames is None or len(groups) == 1:  # no other group to dispute a pixel
+        if gi == 0 and (frames is None or len(groups) == 1):  # nothing claimed yet
+            labels[...] = local
+            take = None
+        elif frames is None or len(groups) == 1:  # no other group to dispute a pixel
             take = (labels == 0) & (local > 0)
         else:
             z = _unlikeness(frames, local, g)
             take = (local > 0) & (z < best)
             best[take] = z[take]
-        labels[take] = local[take]
+        if take is not None:
+            labels[take] = local[take]
         for k, o in enumerate(g.outputs):
             scores[:, o - 1] = p.object_scores[:, k]
             if masks is not None:

@@ -75,12 +75,15 @@ def _integer_array(label: Volume, name: str) -> np.ndarray:
 
 
 def label_values(arr: np.ndarray) -> list[int]:
-    """The values present in a non-negative integer array, ascending (a count per value
-    when the values are small, which is much faster than sorting every voxel)."""
+    """The values present in a non-negative integer array, ascending (a flag per value
+    when the values are small, which is much faster than sorting or counting every voxel)."""
     if not arr.size:
         return []
-    if int(arr.max()) < 1 << 20 and arr.dtype != np.uint64:  # bincount takes up to int64
-        return [int(v) for v in np.flatnonzero(np.bincount(arr.ravel()))]
+    top = int(arr.max())
+    if top < 1 << 20 and arr.dtype != np.uint64:  # indices up to int64
+        present = np.zeros(top + 1, bool)
+        present[arr.ravel()] = True
+        return [int(v) for v in np.flatnonzero(present)]
     return [int(v) for v in np.unique(arr)]
 
 
