@@ -223,18 +223,14 @@ def resolve_checkpoint(
     return download(spec, target, progress=progress), "download"
 
 
-def validate_checkpoint(path: Path, model: str, *, from_cache: bool = False) -> dict:
-    """Load-check a checkpoint and make sure it is the requested size; returns its metadata.
+def validate_checkpoint(path: Path, model: str, *, from_cache: bool = False
+                        ) -> tuple[dict, dict]:
+    """Load-check a checkpoint and make sure it is the requested size; returns the state
+    dict it read (the model is built from it, without reading the file again) and the
+    checkpoint's metadata.
 
     A broken file in the cache is removed so the next run downloads it again.
     """
-    return checked_state_dict(path, model, from_cache=from_cache)[1]
-
-
-def checked_state_dict(path: Path, model: str, *, from_cache: bool = False
-                       ) -> tuple[dict, dict]:
-    """:func:`validate_checkpoint` that also returns the state dict it read (the model is
-    then built from it, without reading the file again): (state dict, metadata)."""
     try:
         sd, meta = load_state_dict(path)
     except ModelError as exc:

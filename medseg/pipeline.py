@@ -207,18 +207,14 @@ def combine(props: list[Propagation], groups: list[SupportGroup], n_out: int, sh
     keep = bool(props) and all(p.masks is not None for p in props)
     masks = np.zeros((n_out, *shape), bool) if keep else None
     best = np.full(shape, np.inf, np.float32)
-    for gi, (p, g) in enumerate(zip(props, groups)):
+    for p, g in zip(props, groups):
         local = np.array([0, *g.outputs], labels.dtype)[p.labels]
-        if gi == 0 and (frames is None or len(groups) == 1):  # nothing claimed yet
-            labels[...] = local
-            take = None
-        elif frames is None or len(groups) == 1:  # no other group to dispute a pixel
-            take = (labels == 0) & (local > 0)
+        if frames is None or len(groups) == 1:  # no other group to dispute a pixel
+            np.copyto(labels, local, where=labels == 0)  # unclaimed pixels take the group's
         else:
             z = _unlikeness(frames, local, g)
             take = (local > 0) & (z < best)
             best[take] = z[take]
-        if take is not None:
             labels[take] = local[take]
         for k, o in enumerate(g.outputs):
             scores[:, o - 1] = p.object_scores[:, k]
@@ -465,7 +461,9 @@ def _same_scan(inputs: Inputs, frames: Frames, plan: LabelPlan, done: CompletedS
     for i, e in enumerate(plan):
         d = done.drawn[e.support_value]
         for f, m in d.frames.items():
-            taken = claimed.setdefault(f, np.zeros(shape, bool))
+            taken = claimed.get(f)
+            if taken is None:
+                taken = claimed[f] = np.zeros(shape, bool)
             lab[f][lab[f] == e.output_value] = 0
             lab[f][m & ~taken] = e.output_value
             taken |= m

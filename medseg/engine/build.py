@@ -3,10 +3,11 @@ random-weight models (tests, timing) from the same config and build path.
 
 sam2 chooses its predictor class with the Hydra override ``++model._target_=...``;
 medseg passes its own subclass the same way, so the real builder and config are used
-unchanged. The checkpoint is read once (checked by :mod:`medseg.checkpoints`) and its state
-dict loaded into the model the builder made, strictly, as sam2's own ``_load_checkpoint``
-loads it (a missing or unexpected key fails). A Hydra set up by another application (a notebook, a host
-program) is set aside while sam2's config module is used, and restored afterwards.
+unchanged. The checkpoint is read once (checked by :mod:`medseg.checkpoints`) and its
+state dict loaded into the model the builder made, strictly, as sam2's own
+``_load_checkpoint`` loads it (a missing or unexpected key fails). A Hydra set up by another
+application (a notebook, a host program) is set aside while sam2's config module is used,
+and restored afterwards.
 """
 
 from __future__ import annotations

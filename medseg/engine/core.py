@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .._lazy import lazy_import
-from ..checkpoints import checked_state_dict, model_spec, provenance, resolve_checkpoint, sha256
+from ..checkpoints import model_spec, provenance, resolve_checkpoint, sha256, validate_checkpoint
 from ..config import ModelConfig, with_options
 from ..frames import to_model_input
 from ..support.augment import content_key
@@ -127,8 +127,8 @@ class Sam2Engine:
         self.device = select_device(cfg.device)
         path, source = resolve_checkpoint(cfg.model, cfg.checkpoint,
                                           allow_download=cfg.allow_download, progress=progress)
-        state, self.checkpoint_meta = checked_state_dict(path, cfg.model,
-                                                   from_cache=source in ("cache", "download"))
+        state, self.checkpoint_meta = validate_checkpoint(
+            path, cfg.model, from_cache=source in ("cache", "download"))
         self.checkpoint_path, self.checkpoint_source = path, source
         self.image_size = int(cfg.image_size if cfg.image_size is not None
                               else self.checkpoint_meta.get("image_size", 1024))
