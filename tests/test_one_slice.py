@@ -3,6 +3,8 @@ itself as the query, corrections that come back exactly, several supports."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from conftest import TRANSFER, phantom, run_cli, write_dicom_series
@@ -14,7 +16,7 @@ from medseg.io import Volume, read_image, write_image
 from medseg.labels import read_support_label
 from medseg.labels.record import SliceRecord, fingerprint
 from medseg.pipeline import same_scan
-from medseg.support.complete import complete_by_registration
+from medseg.support.complete import COMPLETION, complete_by_registration
 from medseg.support.drawn import drawn_of
 
 run = run_cli
@@ -61,6 +63,43 @@ def test_one_painted_slice_is_completed_to_within_a_slice_of_the_extent():
     assert np.array_equal(c.masks[k], truth[k])  # the painted slice exactly as drawn
     dice = 2 * (c.masks & truth).sum() / (c.masks.sum() + truth.sum())
     assert dice > 0.9
+
+
+def _lung_with_a_dome(n: int = 40, seed: int = 0) -> tuple[Volume, Volume]:
+    """An air-filled 'lung' (frames 8..31 of 40, 2 mm slices) in soft tissue whose lower
+    part wraps round a soft-tissue dome (frames 8..15): there it is a crescent, which a
+    carried disc no longer fits."""
+    rng = np.random.default_rng(seed)
+    z, y, x = np.meshgrid(np.arange(n), np.linspace(-1, 1, 128), np.linspace(-1, 1, 128),
+                          indexing="ij")
+    r = np.sqrt(y ** 2 + x ** 2)
+    dome = np.sqrt(y ** 2 + (x - 0.25) ** 2) < np.where(z >= 16, 0.0, np.where(z == 15, 0.55, 0.62))
+    lung = (r < 0.5) & ~dome & (z >= 8) & (z <= 31)
+    img = np.where(r < 0.9, 40.0, -1000.0) + np.where(lung, -890.0, 0.0)
+    img = (img + rng.normal(0, 6, img.shape)).astype(np.int16)
+    geo = {"spacing": (1.5, 1.5, 2.0)}
+    return Volume(img, **geo), Volume(lung.astype(np.uint8), **geo)
+
+
+def test_the_tail_follows_a_structure_the_carried_mask_no_longer_fits():
+    img, lab = _lung_with_a_dome()
+    one, k = _one_slice(lab)
+    raw = label_to_frames(img.with_array(img.array.astype(np.float32)))
+    stack = volume_to_frames(img)
+    drawn = drawn_of(label_to_frames(one).astype(bool), None, "axial")
+    truth = label_to_frames(lab).astype(bool)
+    t_ext = np.nonzero(truth.any(axis=(1, 2)))[0]
+    without = complete_by_registration(raw, stack.spacing, drawn,
+                                       dataclasses.replace(COMPLETION, tail_growth=0.0))
+    assert without.extent is not None and without.extent[0] > t_ext[0] + 1, without.info
+    c = complete_by_registration(raw, stack.spacing, drawn)
+    assert abs(c.extent[0] - t_ext[0]) <= 1 and abs(c.extent[1] - t_ext[-1]) <= 1, \
+        (c.extent, t_ext[[0, -1]], c.info)
+    assert any("went on" in why for why in c.info["ends"].values())
+    assert np.array_equal(c.masks[k], truth[k])
+    lower = slice(t_ext[0], 16)
+    dice = 2 * (c.masks[lower] & truth[lower]).sum() / (c.masks[lower].sum() + truth[lower].sum())
+    assert dice > 0.8, dice
 
 
 def test_a_3d_label_is_taken_as_it_is_and_a_gap_means_painted_slices():

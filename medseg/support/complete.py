@@ -13,6 +13,10 @@ painted one -- medseg estimates the structure on every other slice of that scan:
   ends where the carried mask, taken as a whole, looks more like the surroundings than
   like the structure (its mean log-likelihood ratio falls below :attr:`stop_llr`), or
   shrinks below :attr:`min_area` of the largest drawn mask, or reaches another drawn slice.
+  **Tail**: past the stop rule (not past a drawn slice) the structure goes on while, frame
+  by frame, its clearly-structure pixels touching the previous mask taper
+  (:attr:`tail_growth`): a lung's thin apex, or its base wrapped round the diaphragm's
+  dome, which the carried mask no longer fits.
   A frame reached from two drawn slices (between them) takes both estimates together
   (their union, :attr:`CompletionParams.between`).
 * **SAM2** (:func:`complete_with_sam2`): SAM2's own interactive video mode on the scan --
@@ -65,6 +69,13 @@ class CompletionParams:
     bins: int = 64  # histogram bins of the intensity model
     pixel_llr: float = 1.0  # a pixel leaves the carried mask below -this log-likelihood ratio
     stop_llr: float = 0.0  # the structure ends where the carried mask's mean ratio is below
+    # the tail: past the stop rule, the structure goes on while frame by frame its clearly-
+    # structure pixels (ratio above pixel_llr) within tail_reach_mm of the previous mask,
+    # touching it, taper -- no more than tail_growth times its area (a lung's thin apex and
+    # its base around the diaphragm's dome, where the carried mask no longer fits); 0 turns
+    # the tail off. Set on the lung cases of the first seven (benchmarks/completion/)
+    tail_growth: float = 1.2
+    tail_reach_mm: float = 5.0
     open_mm: float = 2.0  # opening that cuts thin bridges to neighbours
     min_area: float = 0.01  # of the largest drawn mask: smaller estimates end the structure
     demons_iterations: int = 50
@@ -229,6 +240,39 @@ def _walk(w: _Work, start: np.ndarray, first: int, stop: int, step: int, amax: i
     return out, "reached a drawn frame or the end of the scan"
 
 
+def _go_on(w: _Work, est: dict[int, np.ndarray], start: np.ndarray, k: int, stop: int,
+           step: int, p: CompletionParams) -> str:
+    """The tail past a walk's stop (added to ``est``): what it added, for the report."""
+    last = (max(est) if step > 0 else min(est)) if est else k
+    prev, grown = est.get(last, start), 0
+    for f in range(last + step, stop, step):
+        cur = _tail(w, prev, f, p)
+        if cur is None:
+            break
+        est[f] = prev = cur
+        grown += 1
+    return f"; went on {grown} frame(s) on its clearly-structure pixels" if grown else ""
+
+
+def _tail(w: _Work, prev: np.ndarray, f: int, p: CompletionParams) -> np.ndarray | None:
+    """Frame ``f``'s clearly-structure pixels near ``prev`` (components overlapping it,
+    within :attr:`tail_reach_mm`), or None where they end or grow."""
+    r = max(0, round(p.open_mm / w.pixel_mm))
+    near = ndimage.binary_dilation(prev, _disk(max(1, round(p.tail_reach_mm / w.pixel_mm))))
+    cur = (w.llr[f] > p.pixel_llr) & near
+    if r:
+        cur = ndimage.binary_opening(cur, _disk(r))
+    lab, k = ndimage.label(cur)
+    if k == 0:
+        return None
+    hit = ndimage.sum(prev, lab, range(1, k + 1))
+    cur = ndimage.binary_fill_holes(np.isin(lab, [i + 1 for i in range(k) if hit[i] > 0]))
+    area = int(cur.sum())
+    if area < 4 or area > p.tail_growth * prev.sum():
+        return None
+    return cur
+
+
 def complete_by_registration(raw: np.ndarray, spacing: tuple[float, float, float],
                              drawn: Drawn, p: CompletionParams = COMPLETION) -> Completion:
     """The structure on every frame of the scan, weight-free (see the module docstring).
@@ -262,6 +306,8 @@ def complete_by_registration(raw: np.ndarray, spacing: tuple[float, float, float
         for step, stop in ((1, keys[i + 1] if i + 1 < len(keys) else n),
                            (-1, keys[i - 1] if i > 0 else -1)):
             est, why = _walk(w, small[k], k + step, stop, step, amax, p)
+            if p.tail_growth > 0 and not why.startswith("reached"):
+                why += _go_on(w, est, small[k], k, stop, step, p)
             ends[f"from {k} {'up' if step > 0 else 'down'}"] = why
             for f, m in est.items():
                 walks.setdefault(f, []).append((k, m))
