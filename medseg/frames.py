@@ -66,7 +66,9 @@ def normalize_intensity(
                 "percentiles": list(MR_PERCENTILES),
                 "clip": [float(lo), float(hi)],
             }
-    out = (arr.astype(np.float32) - np.float32(lo)) / np.float32(hi - lo)
+    out = arr.astype(np.float32)  # the same float32 steps, in place (no temporaries)
+    out -= np.float32(lo)
+    out /= np.float32(hi - lo)
     return np.clip(out, 0.0, 1.0, out=out), how
 
 

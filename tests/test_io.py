@@ -219,3 +219,17 @@ def test_nifti_header_read_without_a_nifti_library(tmp_path, version, qfac):
         np.testing.assert_allclose(qform(h), ref.get_qform()[:3], atol=1e-5)
         np.testing.assert_allclose(h["sform"], ref.get_sform()[:3], atol=1e-5)
     assert header(tmp_path / "missing.nii") is None
+
+
+@pytest.mark.parametrize("values", [
+    np.array([-1024, 3071, 0, 40, 40, -1024], np.int16),  # a scan's integers: counted
+    np.array([0, 1, 1, 5], np.uint8),
+    np.array([True, False, True]),
+    np.array([-2**31, 0, 2**31 - 1], np.int32),  # a range too wide to count: sorted
+    np.array([7], np.uint16),
+])
+def test_distinct_values_equal_numpy_unique(values):
+    from medseg.io.checks import _distinct
+
+    got = _distinct(values)
+    assert got.dtype == np.unique(values).dtype and np.array_equal(got, np.unique(values))

@@ -12,6 +12,7 @@ import numpy as np
 
 from ..io import Volume
 from ..labels import LabelPlan, terminology
+from .labelmap import GZIP_LEVEL
 
 
 def seg_nrrd_header(labels: np.ndarray, reference: Volume, plan: LabelPlan,
@@ -127,4 +128,4 @@ def seg_nrrd(labels: np.ndarray, reference: Volume, plan: LabelPlan, path: Path,
     data = np.ascontiguousarray(data)
     with open(path, "wb") as fh:  # (z, y, x) in C order: x runs fastest, as NRRD's first axis
         fh.write(("\n".join(lines) + "\n\n").encode("utf-8"))
-        fh.write(gzip.compress(data.tobytes(), compresslevel=6, mtime=0))  # reproducible
+        fh.write(gzip.compress(data.tobytes(), compresslevel=GZIP_LEVEL, mtime=0))  # reproducible

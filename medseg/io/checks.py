@@ -17,7 +17,7 @@ def looks_like_labels(arr: np.ndarray) -> tuple[bool, np.ndarray]:
     if not (np.issubdtype(arr.dtype, np.integer) or arr.dtype == bool) or not arr.size:
         return False, np.zeros(0)
     sample = arr.ravel()[:: max(1, arr.size // 1_000_000)]
-    values = np.unique(sample)
+    values = _distinct(sample)
     if values.min() < 0 or 0 not in values or values.size > 256:
         return False, values
     if values.size <= 16:
@@ -29,6 +29,16 @@ def looks_like_labels(arr: np.ndarray) -> tuple[bool, np.ndarray]:
 
 
 LABEL_UNIFORM = 0.75
+
+
+def _distinct(sample: np.ndarray) -> np.ndarray:
+    """``np.unique(sample)``, by counting when the values span a small range (a scan's
+    integers: no sort of a million voxels)."""
+    lo, hi = int(sample.min()), int(sample.max())
+    if sample.dtype == bool or hi - lo > 1 << 17:
+        return np.unique(sample)
+    seen = np.bincount((sample.astype(np.int64) - lo).ravel(), minlength=hi - lo + 1)
+    return (np.flatnonzero(seen) + lo).astype(sample.dtype)
 
 
 def check_not_label(vol: Volume, name: str) -> Volume:
