@@ -16,6 +16,7 @@ import sys
 import threading
 import warnings
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -112,6 +113,25 @@ def load_query(query: ImageInput, cfg: SegmentConfig) -> Volume:
     """Read and check a query (path or :class:`Volume`)."""
     return check_finite(check_not_label(_volume(query, "query", cfg.query_series), "query"),
                         "query")
+
+
+def _read_ahead(query: ImageInput | None, cfg: SegmentConfig) -> Callable[[], Volume | None]:
+    """:func:`load_query` of a file started in a thread of its own (SimpleITK reads without
+    holding the interpreter): the returned call gives the query, or raises its error --
+    after the supports', so a run with several bad inputs reports the one a run that
+    reads in turn reports."""
+    if query is None or not isinstance(query, (str, os.PathLike)):
+        return lambda: None if query is None else load_query(query, cfg)
+    fut: Future = Future()
+
+    def read() -> None:
+        try:
+            fut.set_result(load_query(query, cfg))
+        except BaseException as exc:  # noqa: BLE001 - raised by fut.result()
+            fut.set_exception(exc)
+
+    threading.Thread(target=read, daemon=True, name="medseg-read-query").start()
+    return fut.result
 
 
 def _volume(x: ImageInput, name: str, series: str | None) -> Volume:
@@ -301,8 +321,9 @@ def run(support: ImageInput | Sequence[ImageInput], support_label: ImageInput | 
     t = Timer(stage_reporter(ctx.progress))
     pairs = _support_pairs(support, support_label)
     with t("load"):
+        ahead = _read_ahead(query, cfg)  # the query is read while the supports are
         loaded = [ctx.caches.support(s, lab, cfg) for s, lab in pairs]
-        q = loaded[0][0] if query is None else load_query(query, cfg)
+        q = loaded[0][0] if query is None else ahead()
         same = next((j for j, (s, _) in enumerate(loaded)
                      if same_scan(pairs[j][0], s, query, q)), None)
     if same is not None:

@@ -15,7 +15,7 @@ import pytest
 from conftest import TRANSFER, phantom, run_cli, write_case
 
 from medseg.errors import EXIT_INPUT, EXIT_INTERRUPTED, EXIT_TERMINATED
-from medseg.io import Volume, write_image
+from medseg.io import Volume, read_image, write_image
 
 run = run_cli
 
@@ -359,3 +359,21 @@ def test_15_write_only_output_and_unreadable_label_exit_codes(tmp_path):
         assert r.returncode == EXIT_INPUT and "not readable" in r.stderr, r.stderr
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_the_query_read_beside_the_support_reports_in_turn(tmp_path, case):
+    """The query is read in a thread while the support is: its error is raised after the
+    support's, so two bad inputs give the same message as reading them in turn."""
+    from medseg.api import Segmenter
+    from medseg.errors import InputError
+
+    bad = tmp_path / "bad.nii.gz"
+    bad.write_bytes(b"not a scan")
+    seg = Segmenter()
+    with pytest.raises(InputError, match="^query"):
+        seg.segment(case["s"], case["l"], bad, method="transfer", bank_size=1)
+    with pytest.raises(InputError, match="^support"):
+        seg.segment(bad, case["l"], bad, method="transfer", bank_size=1)
+    res = seg.segment(case["s"], case["l"], case["q"], method="transfer", bank_size=1)
+    q = read_image(case["q"])
+    assert res.labels.shape == q.shape and np.allclose(res.labels.origin, q.origin)
