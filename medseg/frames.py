@@ -66,7 +66,7 @@ def normalize_intensity(
                 "percentiles": list(MR_PERCENTILES),
                 "clip": [float(lo), float(hi)],
             }
-    out = arr.astype(np.float32)  # the same float32 steps, in place (no temporaries)
+    out = arr.astype(np.float32, order="C")  # the same float32 steps, in place
     out -= np.float32(lo)
     out /= np.float32(hi - lo)
     return np.clip(out, 0.0, 1.0, out=out), how
@@ -193,8 +193,8 @@ def volume_to_frames(
             f"{vol.path or 'volume'}: {axis} frames would be {view.shape[1]} x {view.shape[2]} "
             f"pixels (the volume is {' x '.join(map(str, vol.shape[::-1]))} voxels); SAM2 needs "
             f"frames of at least {MIN_FRAME} x {MIN_FRAME}: choose another axis", option="axis")
-    norm, how = normalize_intensity(canon, modality, window)
-    frames = np.ascontiguousarray(canonical_to_frames(norm, axis))
+    norm, how = normalize_intensity(view, modality, window)  # elementwise: frames layout
+    frames = np.ascontiguousarray(norm)  # already C-ordered: no second copy
     spacing = {"axial": (sz, sy, sx), "coronal": (sy, sz, sx), "sagittal": (sx, sz, sy)}[axis]
     return FrameStack(frames, spacing, axis, orient, how)
 

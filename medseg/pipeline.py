@@ -522,21 +522,28 @@ def _propagate(q: np.ndarray, groups: list[SupportGroup], cfg: SegmentConfig,
     return props, expected
 
 
+# imported in the background while the scans load: the augmentation library (a second or
+# two; the support stage needs it) and pydicom's SNOMED CT table (half a second; the
+# .seg.nrrd writer names structures with it, at the very end of a run)
+WARM_IMPORTS = ("albumentations", "pydicom.sr.codedict")
+
+
 def _warm_imports() -> None:
-    """Import the augmentation library in the background while the scans load (it takes
-    a second or two and only the support stage needs it)."""
-    if "albumentations" not in sys.modules:
+    """Start importing :data:`WARM_IMPORTS` in the background."""
+    names = [n for n in WARM_IMPORTS if n not in sys.modules]
+    if names:
         os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-        threading.Thread(target=_quiet_import, args=("albumentations",), daemon=True).start()
+        threading.Thread(target=_quiet_import, args=names, daemon=True).start()
 
 
-def _quiet_import(name: str) -> None:
-    """An import in the background whose failure (memory, a broken install) is left to
-    the main thread, which imports it again and reports it in one line."""
-    try:
-        __import__(name)
-    except BaseException:  # noqa: BLE001 - reported where the module is needed
-        return
+def _quiet_import(*names: str) -> None:
+    """Imports in the background whose failure (memory, a broken install) is left to the
+    main thread, which imports the module again and reports it in one line."""
+    for name in names:
+        try:
+            __import__(name)
+        except BaseException:  # noqa: BLE001 - reported where the module is needed
+            continue
 
 
 def assemble(inputs: Inputs, frames: Frames, plan: LabelPlan, groups: list[SupportGroup],

@@ -9,6 +9,7 @@ so no module relies on another returning the same object.
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from collections.abc import Callable
 
@@ -22,19 +23,23 @@ class BankCache:
         self.capacity = capacity
         self._banks: OrderedDict[str, Bank] = OrderedDict()
         self.hits = 0
+        self._lock = threading.Lock()  # support slices are banked side by side
 
     def __len__(self) -> int:
         return len(self._banks)
 
     def get(self, key: str, make: Callable[[], Bank]) -> Bank:
         """The bank for ``key``, made on first use."""
-        if key in self._banks:
-            self._banks.move_to_end(key)
-            self.hits += 1
-            return self._banks[key]
-        bank = self._banks[key] = make()
-        while len(self._banks) > self.capacity:
-            self._banks.popitem(last=False)
+        with self._lock:
+            if key in self._banks:
+                self._banks.move_to_end(key)
+                self.hits += 1
+                return self._banks[key]
+        bank = make()  # outside the lock: banks of other slices are made meanwhile
+        with self._lock:
+            self._banks[key] = bank
+            while len(self._banks) > self.capacity:
+                self._banks.popitem(last=False)
         return bank
 
     def clear(self) -> None:

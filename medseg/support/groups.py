@@ -4,7 +4,12 @@ of the support slice nearest its anatomy."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from functools import partial
+from typing import TypeVar
 
 import numpy as np
 
@@ -17,6 +22,8 @@ from ..locate import Correspondence, counterpart, expected_frames, placement_shi
 from .augment import Bank, build_bank, content_key
 from .cache import BankCache
 from .slices import choose_slices, effective_shots
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -127,8 +134,8 @@ def prepare_support(support: SupportScan, plan: LabelPlan, query: FrameStack,
         labelled = [np.nonzero(masks[e.support_value].any(axis=(1, 2)))[0] for e in entries]
         exp = expected_frames(corr, np.concatenate(labelled)) if corr is not None else None
         how = _Placing(frames, query, corr, placement, cache, exp)
-        placed = [_slice_bank(how, f, [masks[e.support_value][f] for e in entries], bcfg,
-                              int(src_index[f]), entries) for f in picked]
+        placed = _side_by_side(partial(_bank_of, how, masks, entries, bcfg, src_index),
+                               picked)
         b = Bank.concat([p[0] for p in placed])
         to_frame = {int(src_index[f]): f for f in picked}
         part = GroupPart(0, len(b), sorted(picked),
@@ -136,6 +143,23 @@ def prepare_support(support: SupportScan, plan: LabelPlan, query: FrameStack,
         out.append(SupportGroup([int(src_index[f]) for f in picked], list(picked), entries, b,
                                 [p[1] for p in placed], labelled, [part]))
     return out
+
+
+def _side_by_side(work: Callable[[int], T], items: Sequence[int]) -> list[T]:
+    """``[work(i) for i in items]``, run side by side in threads (each support slice's
+    resampling runs without holding the interpreter); results and the first error in
+    ``items``' order, as in turn."""
+    if len(items) < 2:
+        return [work(i) for i in items]
+    with ThreadPoolExecutor(min(len(items), os.cpu_count() or 1, 4)) as pool:
+        return list(pool.map(work, items))
+
+
+def _bank_of(how: _Placing, masks: dict[int, np.ndarray], entries: list[PlanEntry],
+             cfg: BankConfig, src_index: np.ndarray, f: int) -> tuple[Bank, dict]:
+    """Support slice ``f``'s bank and placement, for the group's structures."""
+    return _slice_bank(how, f, [masks[e.support_value][f] for e in entries], cfg,
+                       int(src_index[f]), entries)
 
 
 def bank_copies(size: int, slices: int) -> int:
