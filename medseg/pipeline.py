@@ -334,12 +334,14 @@ def run(support: ImageInput | Sequence[ImageInput], support_label: ImageInput | 
         window, why = intensity_window(cfg, loaded[0][0], loaded[0][1], plan)
         q_frames = volume_to_frames(q, cfg.axis, cfg.modality, window)
         s_frames = [volume_to_frames(s, cfg.axis, cfg.modality, window) for s, _ in loaded]
-    eng = _engine(cfg, ctx)
-    with t("complete"):
+    with t("complete"):  # the model is waited for here only if completion needs it
         done = [complete_support(s, f, lab, (plan if j == 0 else plan_for(
             plan, lab, f"support label {j + 1}")).support_values, cfg.method,
-            cfg.support.complete, eng) for j, ((s, lab), f) in enumerate(zip(loaded, s_frames))]
+            cfg.support.complete, lambda: _engine(cfg, ctx))
+            for j, ((s, lab), f) in enumerate(zip(loaded, s_frames))]
     groups, corrs = _supports(q, q_frames, loaded, s_frames, done, plan, cfg, ctx, t)
+    eng = _engine(cfg, ctx)  # loading in the background since the run began
+    _warm_imports(LATE_IMPORTS)
     frames = Frames(q_frames, s_frames[0])
     methods = Methods.build(cfg, frames, eng,
                             ctx.feature_cache_mb if cfg.mode == "volume" else 0.0)
@@ -422,9 +424,11 @@ def _in_scan(inputs: Inputs, cfg: SegmentConfig, ctx: RunContext, t: Timer) -> R
         window, why = intensity_window(cfg, inputs.support, inputs.label, plan)
         frames = cut_frames(inputs, cfg, True, window)
     eng = _engine(cfg, ctx)
+    _warm_imports(LATE_IMPORTS)
     with t("complete"):
         done = complete_support(inputs.support, frames.support, inputs.label,
-                                plan.support_values, cfg.method, cfg.support.complete, eng)
+                                plan.support_values, cfg.method, cfg.support.complete,
+                                lambda: eng)
     result = _same_scan(inputs, frames, plan, done, cfg, eng, t)
     result.report.inputs["window"] = why
     return result
@@ -523,14 +527,17 @@ def _propagate(q: np.ndarray, groups: list[SupportGroup], cfg: SegmentConfig,
 
 
 # imported in the background while the scans load: the augmentation library (a second or
-# two; the support stage needs it) and pydicom's SNOMED CT table (half a second; the
+# two; the support stage needs it)
+WARM_IMPORTS = ("albumentations",)
+# ... and once the model is loaded (imports hold the interpreter, so these would slow the
+# model's loading), while SAM2 runs: pydicom's SNOMED CT table (half a second; the
 # .seg.nrrd writer names structures with it, at the very end of a run)
-WARM_IMPORTS = ("albumentations", "pydicom.sr.codedict")
+LATE_IMPORTS = ("pydicom.sr.codedict",)
 
 
-def _warm_imports() -> None:
-    """Start importing :data:`WARM_IMPORTS` in the background."""
-    names = [n for n in WARM_IMPORTS if n not in sys.modules]
+def _warm_imports(names: Sequence[str] = WARM_IMPORTS) -> None:
+    """Start importing ``names`` in the background."""
+    names = [n for n in names if n not in sys.modules]
     if names:
         os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
         threading.Thread(target=_quiet_import, args=names, daemon=True).start()

@@ -437,7 +437,8 @@ class CompletedSupport:
 
 
 def complete_support(image: Volume, frames: FrameStack, label: SupportLabel, values: list[int],
-                     method: str, complete: str = "auto", engine: Sam2Engine | None = None,
+                     method: str, complete: str = "auto",
+                     engine: Callable[[], Sam2Engine | None] | None = None,
                      progress: Callable[[int], None] | None = None) -> CompletedSupport:
     """Every structure of ``values`` completed through the support scan.
 
@@ -446,7 +447,8 @@ def complete_support(image: Volume, frames: FrameStack, label: SupportLabel, val
         values: the structures of the run (support values).
         method: ``sam2`` (SAM2's interactive mode) or ``transfer`` (weight-free).
         complete: ``auto``, ``on`` or ``off`` (see :func:`~medseg.support.drawn.drawn_of`).
-        engine: the SAM2 engine (``method="sam2"``).
+        engine: gives the SAM2 engine (``method="sam2"``), asked for only when a structure
+            is to be completed (the model may still be loading).
         progress: called with the number of frames done (SAM2).
 
     Returns:
@@ -458,8 +460,9 @@ def complete_support(image: Volume, frames: FrameStack, label: SupportLabel, val
              for v in values}
     todo = [v for v in values if not drawn[v].full]
     done = {v: as_is(drawn[v], n, shape) for v in values if drawn[v].full}
-    if todo and method == "sam2" and engine is not None:
-        done.update(zip(todo, complete_with_sam2(engine, frames.frames, [drawn[v] for v in todo],
+    eng = engine() if todo and method == "sam2" and engine is not None else None
+    if eng is not None:
+        done.update(zip(todo, complete_with_sam2(eng, frames.frames, [drawn[v] for v in todo],
                                                  progress)))
     elif todo:
         raw = label_to_frames(image.with_array(image.array.astype(np.float32)), frames.axis)
