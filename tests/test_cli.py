@@ -139,3 +139,26 @@ def test_transfer_method_needs_no_model(tmp_path, capsys, monkeypatch):
     rep = json.loads((out / "q_report.json").read_text())
     assert rep["engine"] is None and rep["config"]["method"] == "transfer"
     assert (out / "qc.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("thread", [False, True])
+def test_finish_runs_exit_handlers_flushes_and_waits_for_threads(tmp_path, thread):
+    """The command's exit skips the interpreter's teardown but not what a normal exit does:
+    exit handlers run, buffered output is written, a running thread is waited for."""
+    handler, worker = tmp_path / "handler", tmp_path / "worker"
+    code = f"""
+import atexit, threading, time
+from medseg.cli import finish
+atexit.register(lambda: open({str(handler)!r}, "w").write("ran"))
+def work():
+    time.sleep(0.5)
+    open({str(worker)!r}, "w").write("done")
+if {thread}:
+    threading.Thread(target=work).start()
+print("buffered", end="")
+finish(3)
+"""
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 3 and p.stdout == "buffered", p.stderr
+    assert handler.read_text() == "ran"
+    assert worker.exists() == thread
