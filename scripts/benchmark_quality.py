@@ -491,7 +491,7 @@ def merge(args) -> None:
     """One result from runs on parts of the cases: rows ordered as one run orders them (every
     case's cross-scan rows in the cases' order, then the in-scan rows; a row of a later
     part replaces the same row of an earlier one), each part's arguments, machine and
-    versions kept under ``parts``."""
+    versions kept under ``parts`` (a merged result's own parts with them)."""
     metas = [json.loads((d / "quality.json").read_text()) for d in args.merge]
     shas = {m["checkpoint_sha256"] for m in metas}
     if len(shas) != 1:
@@ -507,8 +507,9 @@ def merge(args) -> None:
         latest.update({(r["setting"], r["case"], r["label"], r["method"], r["corrections"]): r
                        for r in m["rows"]})
     rows = sorted(latest.values(), key=key)
-    write(rows, args, shas.pop(), parts=[{k: m[k] for k in ("args", "machine", "versions")}
-                                          for m in metas])
+    parts = [part for m in metas  # a merged result's own parts are kept as they were
+             for part in m.get("parts") or [{k: m[k] for k in ("args", "machine", "versions")}]]
+    write(rows, args, shas.pop(), parts=parts)
 
 
 def write(rows: list[dict], args, ckpt_sha: str | None, table: bool = True,
