@@ -528,6 +528,7 @@ def write(rows: list[dict], args, ckpt_sha: str | None, table: bool = True,
             "references": {c.name: c.reference for c in (*data.CASES.values(),
                                                          *data.HELD_OUT.values())},
             "args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}
+    meta["means"] = means(rows)
     if parts:
         meta["parts"] = parts  # merged from runs of parts of the cases (--merge)
     (args.out / "quality.json").write_text(json.dumps(meta, indent=2, default=_json))
@@ -540,6 +541,20 @@ def write(rows: list[dict], args, ckpt_sha: str | None, table: bool = True,
               f"{r['corrections']:>2d} {_fmt(r['dice']):>6s} {_fmt(r['hd95_mm']):>7s} "
               f"{_fmt(r['dice_slices']):>7s} {_fmt(r['extent_ratio']):>5s} {r['seconds']:>6.1f} "
               f"{'held out ' if r['held_out'] else ''}{r.get('note', '')}")
+
+
+def means(rows: list[dict]) -> dict:
+    """Mean whole-volume Dice (of the values as the CSV gives them) per setting and method,
+    before any correction, on the cases that set medseg's thresholds and on the held-out
+    ones."""
+    groups: dict[str, list[float]] = {}
+    for r in rows:
+        d = _fmt(r["dice"])
+        if str(r["corrections"]) != "0" or d in ("", "nan"):
+            continue
+        key = f"{r['setting']} / {r['method']} / {'held out' if r['held_out'] else 'first cases'}"
+        groups.setdefault(key, []).append(float(d))
+    return {k: {"mean_dice": round(float(np.mean(v)), 4), "n": len(v)} for k, v in groups.items()}
 
 
 def _fmt(v):

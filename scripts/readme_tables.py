@@ -183,7 +183,7 @@ def speed_stages() -> str:
     rows = [r for r in meta["rows"] if r["slices"] == 100 and r["mode"] in
             ("medseg pair", "raw sam2 (its part)", "raw sam2 (end to end)")]
     keys = [("load_s", "read the scans"), ("frames_s", "frames"), ("locate_s", "locate"),
-            ("support_s", "support, bank"), ("model_load_s", "model (while reading)"),
+            ("support_s", "support, bank"), ("model_load_s", "model build (in the background)"),
             ("propagate_s", "matching + SAM2"), ("write_s", "write"),
             ("raw_build_s", "build"), ("raw_init_state_s", "init_state (reads the JPEGs)"),
             ("raw_read_frames_s", "read NIfTI, write JPEGs"),
