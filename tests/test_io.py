@@ -227,9 +227,11 @@ def test_nifti_header_read_without_a_nifti_library(tmp_path, version, qfac):
     np.array([True, False, True]),
     np.array([-2**31, 0, 2**31 - 1], np.int32),  # a range too wide to count: sorted
     np.array([7], np.uint16),
+    np.array([2**64 - 1, 2**64 - 3], np.uint64),  # counted from the minimum, unsigned
+    np.array([], np.int16),
 ])
 def test_distinct_values_equal_numpy_unique(values):
-    from medseg.io.checks import _distinct
+    from medseg.io.checks import distinct_values
 
-    got = _distinct(values)
+    got = distinct_values(values)
     assert got.dtype == np.unique(values).dtype and np.array_equal(got, np.unique(values))

@@ -17,7 +17,7 @@ def looks_like_labels(arr: np.ndarray) -> tuple[bool, np.ndarray]:
     if not (np.issubdtype(arr.dtype, np.integer) or arr.dtype == bool) or not arr.size:
         return False, np.zeros(0)
     sample = arr.ravel()[:: max(1, arr.size // 1_000_000)]
-    values = _distinct(sample)
+    values = distinct_values(sample)
     if values.min() < 0 or 0 not in values or values.size > 256:
         return False, values
     if values.size <= 16:
@@ -31,14 +31,27 @@ def looks_like_labels(arr: np.ndarray) -> tuple[bool, np.ndarray]:
 LABEL_UNIFORM = 0.75
 
 
-def _distinct(sample: np.ndarray) -> np.ndarray:
-    """``np.unique(sample)``, by counting when the values span a small range (a scan's
-    integers: no sort of a million voxels)."""
-    lo, hi = int(sample.min()), int(sample.max())
-    if sample.dtype == bool or hi - lo > 1 << 17:
-        return np.unique(sample)
-    seen = np.bincount((sample.astype(np.int64) - lo).ravel(), minlength=hi - lo + 1)
-    return (np.flatnonzero(seen) + lo).astype(sample.dtype)
+def distinct_values(arr: np.ndarray) -> np.ndarray:
+    """``np.unique(arr)`` for an integer (or bool) array, by flagging each value present when
+    the values span less than :data:`FLAG_RANGE` (a scan's or a label's integers: no sort
+    of millions of voxels)."""
+    if not arr.size:
+        return np.unique(arr)
+    lo, hi = int(arr.min()), int(arr.max())
+    if arr.dtype == bool or hi - lo >= FLAG_RANGE:
+        return np.unique(arr)
+    present = np.zeros(hi - lo + 1, bool)
+    if lo == 0:
+        present[arr.ravel()] = True
+        return np.flatnonzero(present).astype(arr.dtype)
+    if arr.dtype.kind == "u":  # offsets from the minimum in the array's own type
+        present[(arr - arr.dtype.type(lo)).ravel()] = True
+        return np.flatnonzero(present).astype(arr.dtype) + arr.dtype.type(lo)
+    present[(arr.astype(np.int64) - lo).ravel()] = True
+    return (np.flatnonzero(present) + lo).astype(arr.dtype)
+
+
+FLAG_RANGE = 1 << 20  # widest range of values counted by flags (a 1 MB flag array)
 
 
 def check_not_label(vol: Volume, name: str) -> Volume:

@@ -15,6 +15,7 @@ import numpy as np
 from .._lazy import lazy_import
 from ..errors import InputError
 from ..io import Volume, same_geometry
+from ..io.checks import distinct_values
 from .plan import SegmentInfo
 
 sitk = lazy_import("SimpleITK")
@@ -75,16 +76,8 @@ def _integer_array(label: Volume, name: str) -> np.ndarray:
 
 
 def label_values(arr: np.ndarray) -> list[int]:
-    """The values present in a non-negative integer array, ascending (a flag per value
-    when the values are small, which is much faster than sorting or counting every voxel)."""
-    if not arr.size:
-        return []
-    top = int(arr.max())
-    if top < 1 << 20 and arr.dtype != np.uint64:  # indices up to int64
-        present = np.zeros(top + 1, bool)
-        present[arr.ravel()] = True
-        return [int(v) for v in np.flatnonzero(present)]
-    return [int(v) for v in np.unique(arr)]
+    """The values present in a non-negative integer array, ascending."""
+    return [int(v) for v in distinct_values(arr)]
 
 
 def on_image_grid(label: Volume, image: Volume, resample: bool, name: str
