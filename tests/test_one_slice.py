@@ -47,15 +47,19 @@ def _one_slice(label: Volume, value: int = 1, frame: int | None = None) -> tuple
     return label.with_array(stack.to_volume_array(one).astype(np.uint8) * value), k
 
 
-def test_one_painted_slice_is_completed_to_within_a_slice_of_the_extent():
-    img, lab = _ellipsoid_scan()
+def _painted_once(img: Volume, lab: Volume):
+    """(intensities, spacing, what was drawn, truth, painted frame) of ``lab`` painted on its
+    largest slice, in frames layout, as completion takes them."""
     one, k = _one_slice(lab)
     raw = label_to_frames(img.with_array(img.array.astype(np.float32)))
-    stack = volume_to_frames(img)
     drawn = drawn_of(label_to_frames(one).astype(bool), None, "axial")
+    return raw, volume_to_frames(img).spacing, drawn, label_to_frames(lab).astype(bool), k
+
+
+def test_one_painted_slice_is_completed_to_within_a_slice_of_the_extent():
+    raw, spacing, drawn, truth, k = _painted_once(*_ellipsoid_scan())
     assert not drawn.full and drawn.painted == [k]
-    c = complete_by_registration(raw, stack.spacing, drawn)
-    truth = label_to_frames(lab).astype(bool)
+    c = complete_by_registration(raw, spacing, drawn)
     t_ext = np.nonzero(truth.any(axis=(1, 2)))[0]
     assert c.extent is not None
     assert abs(c.extent[0] - t_ext[0]) <= 1 and abs(c.extent[1] - t_ext[-1]) <= 1, \
@@ -73,7 +77,8 @@ def _lung_with_a_dome(n: int = 40, seed: int = 0) -> tuple[Volume, Volume]:
     z, y, x = np.meshgrid(np.arange(n), np.linspace(-1, 1, 128), np.linspace(-1, 1, 128),
                           indexing="ij")
     r = np.sqrt(y ** 2 + x ** 2)
-    dome = np.sqrt(y ** 2 + (x - 0.25) ** 2) < np.where(z >= 16, 0.0, np.where(z == 15, 0.55, 0.62))
+    dome = np.sqrt(y ** 2 + (x - 0.25) ** 2) < np.where(z >= 16, 0.0,
+                                                       np.where(z == 15, 0.55, 0.62))
     lung = (r < 0.5) & ~dome & (z >= 8) & (z <= 31)
     img = np.where(r < 0.9, 40.0, -1000.0) + np.where(lung, -890.0, 0.0)
     img = (img + rng.normal(0, 6, img.shape)).astype(np.int16)
@@ -82,17 +87,12 @@ def _lung_with_a_dome(n: int = 40, seed: int = 0) -> tuple[Volume, Volume]:
 
 
 def test_the_tail_follows_a_structure_the_carried_mask_no_longer_fits():
-    img, lab = _lung_with_a_dome()
-    one, k = _one_slice(lab)
-    raw = label_to_frames(img.with_array(img.array.astype(np.float32)))
-    stack = volume_to_frames(img)
-    drawn = drawn_of(label_to_frames(one).astype(bool), None, "axial")
-    truth = label_to_frames(lab).astype(bool)
+    raw, spacing, drawn, truth, k = _painted_once(*_lung_with_a_dome())
     t_ext = np.nonzero(truth.any(axis=(1, 2)))[0]
-    without = complete_by_registration(raw, stack.spacing, drawn,
+    without = complete_by_registration(raw, spacing, drawn,
                                        dataclasses.replace(COMPLETION, tail_growth=0.0))
     assert without.extent is not None and without.extent[0] > t_ext[0] + 1, without.info
-    c = complete_by_registration(raw, stack.spacing, drawn)
+    c = complete_by_registration(raw, spacing, drawn)
     assert abs(c.extent[0] - t_ext[0]) <= 1 and abs(c.extent[1] - t_ext[-1]) <= 1, \
         (c.extent, t_ext[[0, -1]], c.info)
     assert any("went on" in why for why in c.info["ends"].values())

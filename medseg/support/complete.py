@@ -210,14 +210,20 @@ def _refine(w: _Work, warped: np.ndarray, f: int, p: CompletionParams) -> np.nda
     """The carried mask without pixels much likelier to be surroundings, bridges cut,
     holes filled; only the parts that overlap the carried mask's core."""
     r = max(0, round(p.open_mm / w.pixel_mm))
-    cur = warped & (w.llr[f] > -p.pixel_llr)
+    core = ndimage.binary_erosion(warped, _disk(max(1, r)))
+    return _parts_touching(warped & (w.llr[f] > -p.pixel_llr), core if core.any() else warped,
+                           r)
+
+
+def _parts_touching(cur: np.ndarray, by: np.ndarray, r: int) -> np.ndarray:
+    """``cur`` opened by a disk of radius ``r`` (thin bridges cut), only its parts that
+    overlap ``by``, holes filled."""
     if r:
         cur = ndimage.binary_opening(cur, _disk(r))
     lab, k = ndimage.label(cur)
     if k == 0:
         return cur
-    core = ndimage.binary_erosion(warped, _disk(max(1, r)))
-    hit = ndimage.sum(core if core.any() else warped, lab, range(1, k + 1))
+    hit = ndimage.sum(by, lab, range(1, k + 1))
     return ndimage.binary_fill_holes(np.isin(lab, [i + 1 for i in range(k) if hit[i] > 0]))
 
 
@@ -257,16 +263,9 @@ def _go_on(w: _Work, est: dict[int, np.ndarray], start: np.ndarray, k: int, stop
 def _tail(w: _Work, prev: np.ndarray, f: int, p: CompletionParams) -> np.ndarray | None:
     """Frame ``f``'s clearly-structure pixels near ``prev`` (components overlapping it,
     within :attr:`tail_reach_mm`), or None where they end or grow."""
-    r = max(0, round(p.open_mm / w.pixel_mm))
     near = ndimage.binary_dilation(prev, _disk(max(1, round(p.tail_reach_mm / w.pixel_mm))))
-    cur = (w.llr[f] > p.pixel_llr) & near
-    if r:
-        cur = ndimage.binary_opening(cur, _disk(r))
-    lab, k = ndimage.label(cur)
-    if k == 0:
-        return None
-    hit = ndimage.sum(prev, lab, range(1, k + 1))
-    cur = ndimage.binary_fill_holes(np.isin(lab, [i + 1 for i in range(k) if hit[i] > 0]))
+    cur = _parts_touching((w.llr[f] > p.pixel_llr) & near, prev,
+                          max(0, round(p.open_mm / w.pixel_mm)))
     area = int(cur.sum())
     if area < 4 or area > p.tail_growth * prev.sum():
         return None
