@@ -554,7 +554,7 @@ def means(rows: list[dict]) -> dict:
             continue
         key = f"{r['setting']} / {r['method']} / {'held out' if r['held_out'] else 'first cases'}"
         groups.setdefault(key, []).append(float(d))
-    return {k: {"mean_dice": round(float(np.mean(v)), 4), "n": len(v)} for k, v in groups.items()}
+    return {k: {"mean_dice": round(float(np.mean(v)), 6), "n": len(v)} for k, v in groups.items()}
 
 
 def _fmt(v):

@@ -111,19 +111,16 @@ def corrections() -> str:
 
 def quality_means() -> str:
     """Mean whole-volume Dice per setting, on the cases that set medseg's thresholds and on
-    the held-out ones."""
-    rows = _rows(BENCH / "quality" / "quality.csv")
+    the held-out ones (the means the quality file states)."""
+    means = json.loads((BENCH / "quality" / "quality.json").read_text())["means"]
     out = []
-    for setting, method, k in (("one painted slice", "transfer", "0"),
-                               ("full label", "transfer", "0"),
-                               ("full label", "copy", "0"), ("full label", "registration", "0"),
-                               ("in-scan", "transfer", "0")):
+    for setting, method in (("one painted slice", "transfer"), ("full label", "transfer"),
+                            ("full label", "copy"), ("full label", "registration"),
+                            ("in-scan", "transfer")):
         line = [setting, method]
-        for held in ("False", "True"):
-            vals = [float(r["dice"]) for r in rows if r["setting"] == setting and
-                    r["method"] == method and r["corrections"] == k and r["held_out"] == held
-                    and r["dice"] not in ("", "nan")]
-            line.append(f"{statistics.fmean(vals):.3f} ({len(vals)})" if vals else "—")
+        for part in ("first cases", "held out"):
+            m = means.get(f"{setting} / {method} / {part}")
+            line.append(f"{m['mean_dice']:.3f} ({m['n']})" if m else "—")
         out.append(line)
     return _table(["setting", "method", "mean Dice, first cases (n)",
                    "mean Dice, held out (n)"], out)
