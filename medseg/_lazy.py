@@ -9,13 +9,27 @@ and the module is imported when an attribute is first used, so ``import medseg``
 ``medseg --help`` stay light (torch, sam2, SimpleITK, scipy, matplotlib load only when a
 stage needs them). A missing optional package becomes a :class:`MissingDependency`
 (a one-line :class:`~medseg.errors.MedsegError`) naming what to install.
+
+medseg imports in more than one thread (the model loads while the scans are read; the
+augmentation library is imported in the background). Python's import machinery does not
+make two threads importing parts of one package at once safe: a submodule imported while
+another thread is still running the package's ``__init__`` can meet a cross-thread
+import deadlock, and the thread that Python picks to fail removes the half-imported
+package from ``sys.modules`` under the other (``KeyError: 'scipy'``). So every import that
+medseg starts -- a lazy module's first use, :func:`import_in_background` -- holds one
+process-wide lock; a thread needing a module another thread is importing waits for it.
+The rule that keeps this free of lock-order hangs: no medseg module uses a lazy module at
+import time (checked by the tests).
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
+import sys
+import threading
 import types
+from collections.abc import Iterable
 from typing import Any
 
 from .errors import MedsegError
@@ -23,6 +37,56 @@ from .errors import MedsegError
 
 class MissingDependency(MedsegError):
     """An optional package that a requested feature needs is not installed."""
+
+
+# held by every import medseg starts (re-entrant: an import may use a lazy module)
+_IMPORTING = threading.RLock()
+
+
+def import_module(name: str) -> types.ModuleType:
+    """``importlib.import_module(name)`` under medseg's import lock (see the module
+    docstring): never beside another thread's import that medseg started.
+
+    Args:
+        name: the module's dotted name.
+
+    Returns:
+        The module.
+    """
+    mod = sys.modules.get(name)
+    if mod is not None and not getattr(getattr(mod, "__spec__", None), "_initializing", False):
+        return mod
+    with _IMPORTING:
+        return importlib.import_module(name)
+
+
+def import_in_background(names: Iterable[str]) -> threading.Thread | None:
+    """Start importing ``names`` (in turn, each under the import lock) in a daemon thread.
+
+    A failure (memory, a broken install) is left to the thread that needs the module: it
+    imports it again and reports it in one line.
+
+    Args:
+        names: dotted module names; those already imported are skipped.
+
+    Returns:
+        The thread, or None when there was nothing to import.
+    """
+    todo = [n for n in names if n not in sys.modules]
+    if not todo:
+        return None
+    thread = threading.Thread(target=_quiet_imports, args=todo, daemon=True,
+                              name="medseg-imports")
+    thread.start()
+    return thread
+
+
+def _quiet_imports(*names: str) -> None:
+    for name in names:
+        try:
+            import_module(name)
+        except BaseException:  # noqa: BLE001 - reported where the module is needed
+            continue
 
 
 class LazyModule(types.ModuleType):
@@ -37,7 +101,7 @@ class LazyModule(types.ModuleType):
         mod = self.__dict__["_lazy_module"]
         if mod is None:
             try:
-                mod = importlib.import_module(self.__name__)
+                mod = import_module(self.__name__)
             except ImportError as exc:
                 hint = self.__dict__["_lazy_install"] or f"pip install {self.__name__.split('.')[0]}"
                 raise MissingDependency(f"this needs the package {self.__name__!r}, which is not "

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ._lazy import lazy_import
+from ._lazy import import_in_background, lazy_import
 from .config import SegmentConfig, to_dict
 from .errors import InputError, UsageError
 from .frames import FrameStack, choose_window, parse_window, volume_to_frames
@@ -537,20 +537,8 @@ LATE_IMPORTS = ("pydicom.sr.codedict",)
 
 def _warm_imports(names: Sequence[str] = WARM_IMPORTS) -> None:
     """Start importing ``names`` in the background."""
-    names = [n for n in names if n not in sys.modules]
-    if names:
-        os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-        threading.Thread(target=_quiet_import, args=names, daemon=True).start()
-
-
-def _quiet_import(*names: str) -> None:
-    """Imports in the background whose failure (memory, a broken install) is left to the
-    main thread, which imports the module again and reports it in one line."""
-    for name in names:
-        try:
-            __import__(name)
-        except BaseException:  # noqa: BLE001 - reported where the module is needed
-            continue
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    import_in_background(names)
 
 
 def assemble(inputs: Inputs, frames: Frames, plan: LabelPlan, groups: list[SupportGroup],
