@@ -26,9 +26,11 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 import sys
 import threading
 import types
+from collections import deque
 from collections.abc import Iterable
 from typing import Any
 
@@ -39,8 +41,53 @@ class MissingDependency(MedsegError):
     """An optional package that a requested feature needs is not installed."""
 
 
+class _Turns:
+    """A re-entrant lock handed over in the order it was asked for: a thread importing
+    several modules in turn lets a thread that asked meanwhile go first (a plain lock
+    lets the releasing thread take it straight back)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._owner: int | None = None
+        self._depth = 0
+        self._waiting: deque[int] = deque()
+
+    def __enter__(self) -> _Turns:
+        me = threading.get_ident()
+        with self._cond:
+            if self._owner == me:
+                self._depth += 1
+                return self
+            self._waiting.append(me)
+            try:
+                while self._owner is not None or self._waiting[0] != me:
+                    self._cond.wait()
+            except BaseException:  # interrupted while waiting: leave the queue
+                self._waiting.remove(me)
+                self._cond.notify_all()
+                raise
+            self._waiting.popleft()
+            self._owner, self._depth = me, 1
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with self._cond:
+            self._depth -= 1
+            if self._depth == 0:
+                self._owner = None
+                self._cond.notify_all()
+
+
 # held by every import medseg starts (re-entrant: an import may use a lazy module)
-_IMPORTING = threading.RLock()
+_IMPORTING = _Turns()
+
+
+def _after_fork() -> None:  # a child starts with no import under way
+    global _IMPORTING
+    _IMPORTING = _Turns()
+
+
+os.register_at_fork(after_in_child=_after_fork)
 
 
 def import_module(name: str) -> types.ModuleType:

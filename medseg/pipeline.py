@@ -527,8 +527,10 @@ def _propagate(q: np.ndarray, groups: list[SupportGroup], cfg: SegmentConfig,
 
 
 # imported in the background while the scans load: the augmentation library (a second or
-# two; the support stage needs it)
-WARM_IMPORTS = ("albumentations",)
+# two, torch included; the support stage needs it). Imports take turns (medseg._lazy), so
+# it comes in pieces, what the main thread needs first first: the main thread waits at most
+# for the piece under way, never behind the whole library for a module of its own
+WARM_IMPORTS = ("SimpleITK", "scipy.ndimage", "cv2", "torch", "albumentations")
 # ... and once the model is loaded (imports hold the interpreter, so these would slow the
 # model's loading), while SAM2 runs: pydicom's SNOMED CT table (half a second; the
 # .seg.nrrd writer names structures with it, at the very end of a run)

@@ -7,6 +7,8 @@ import pkgutil
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 
 import medseg
 
@@ -61,3 +63,28 @@ def test_no_medseg_module_uses_a_lazy_module_when_imported():
     """, ".")
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]", done.stdout
+
+
+def test_imports_take_turns_in_the_order_asked():
+    """A thread importing module after module lets a thread that asked meanwhile go first;
+    the lock is re-entrant (an import may use a lazy module)."""
+    from medseg._lazy import _Turns
+
+    turns, order, asked = _Turns(), [], threading.Event()
+
+    def other():
+        asked.set()
+        with turns:
+            order.append("other")
+
+    with turns:
+        with turns:
+            pass
+        thread = threading.Thread(target=other)
+        thread.start()
+        asked.wait()
+        time.sleep(0.2)  # the other thread now waits for its turn
+    with turns:  # asked again at once by the thread that just let go
+        order.append("again")
+    thread.join()
+    assert order == ["other", "again"]
