@@ -29,8 +29,8 @@ import importlib.util
 import os
 import sys
 import threading
+import time
 import types
-from collections import deque
 from collections.abc import Iterable
 from typing import Any
 
@@ -41,50 +41,39 @@ class MissingDependency(MedsegError):
     """An optional package that a requested feature needs is not installed."""
 
 
-class _Turns:
-    """A re-entrant lock handed over in the order it was asked for: a thread importing
-    several modules in turn lets a thread that asked meanwhile go first (a plain lock
-    lets the releasing thread take it straight back)."""
+class _ImportLock:
+    """A re-entrant lock for imports, at which the background importer gives way.
+
+    The lock is the interpreter's own (C) re-entrant lock, taken and let go only by ``with``:
+    a signal handler that raises while a thread waits for it (Ctrl-C, medseg's SIGTERM)
+    leaves it whole, where a lock written in Python can be left half-released by an
+    exception raised between two of its lines. A plain lock lets the thread releasing it
+    take it straight back, so between its modules the background importer waits while
+    another thread is asking -- for at most :data:`GIVE_WAY_S`, which bounds the wait should
+    an interrupted thread leave its entry behind.
+    """
 
     def __init__(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
-        self._owner: int | None = None
-        self._depth = 0
-        self._waiting: deque[int] = deque()
+        self.lock = threading.RLock()
+        self.asking: list[int] = []  # threads (not the background's) waiting or importing
 
-    def __enter__(self) -> _Turns:
-        me = threading.get_ident()
-        with self._cond:
-            if self._owner == me:
-                self._depth += 1
-                return self
-            self._waiting.append(me)
-            try:
-                while self._owner is not None or self._waiting[0] != me:
-                    self._cond.wait()
-            except BaseException:  # interrupted while waiting: leave the queue
-                self._waiting.remove(me)
-                self._cond.notify_all()
-                raise
-            self._waiting.popleft()
-            self._owner, self._depth = me, 1
-        return self
+    def give_way(self) -> None:
+        """Wait (a while at most) until no other thread is asking for the lock."""
+        until = time.monotonic() + GIVE_WAY_S
+        while self.asking and time.monotonic() < until:
+            time.sleep(0.002)
 
-    def __exit__(self, *exc: object) -> None:
-        with self._cond:
-            self._depth -= 1
-            if self._depth == 0:
-                self._owner = None
-                self._cond.notify_all()
 
+# the longest the background importer waits for other threads' imports between its own
+GIVE_WAY_S = 2.0
 
 # held by every import medseg starts (re-entrant: an import may use a lazy module)
-_IMPORTING = _Turns()
+_IMPORTING = _ImportLock()
 
 
 def _after_fork() -> None:  # a child starts with no import under way
     global _IMPORTING
-    _IMPORTING = _Turns()
+    _IMPORTING = _ImportLock()
 
 
 os.register_at_fork(after_in_child=_after_fork)
@@ -103,8 +92,13 @@ def import_module(name: str) -> types.ModuleType:
     mod = sys.modules.get(name)
     if mod is not None and not getattr(getattr(mod, "__spec__", None), "_initializing", False):
         return mod
-    with _IMPORTING:
-        return importlib.import_module(name)
+    turns, me = _IMPORTING, threading.get_ident()
+    turns.asking.append(me)  # list operations are atomic
+    try:
+        with turns.lock:
+            return importlib.import_module(name)
+    finally:
+        turns.asking.remove(me)
 
 
 def import_in_background(names: Iterable[str]) -> threading.Thread | None:
@@ -130,8 +124,12 @@ def import_in_background(names: Iterable[str]) -> threading.Thread | None:
 
 def _quiet_imports(*names: str) -> None:
     for name in names:
+        if name in sys.modules:
+            continue
+        _IMPORTING.give_way()  # a thread that asked meanwhile goes first
         try:
-            import_module(name)
+            with _IMPORTING.lock:
+                importlib.import_module(name)
         except BaseException:  # noqa: BLE001 - reported where the module is needed
             continue
 

@@ -14,10 +14,10 @@ from __future__ import annotations
 import threading
 import warnings
 from collections.abc import Iterable, Iterator
-from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
 from . import pipeline
+from ._threads import Pending
 from .config import ModelConfig, SegmentConfig, leaves, with_options
 from .pipeline import Caches, RunContext
 from .report import machine, versions
@@ -51,7 +51,7 @@ class Segmenter:
         self.progress = progress
         self.caches = Caches()  # the support as read and its banks, across queries
         self._engine: Sam2Engine | None = None
-        self._building: Future | None = None
+        self._building: Pending[Sam2Engine] | None = None
         self._lock = threading.Lock()
 
     @property
@@ -75,15 +75,7 @@ class Segmenter:
         """Build the model in the background (its errors surface when it is needed)."""
         with self._lock:
             if self._engine is None and self._building is None:
-                self._building = Future()
-                threading.Thread(target=self._build_into, args=(self._building,), daemon=True,
-                                 name="medseg-model").start()
-
-    def _build_into(self, fut: Future) -> None:
-        try:
-            fut.set_result(self._build())
-        except BaseException as exc:  # raised where the engine is used
-            fut.set_exception(exc)
+                self._building = Pending(self._build, name="medseg-model")
 
     def segment(self, support: PathOrVolume, support_label: PathOrVolume,
                 query: PathOrVolume | None = None, config: SegmentConfig | None = None,

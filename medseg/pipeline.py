@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import os
 import sys
-import threading
 import warnings
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,6 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ._lazy import import_in_background, lazy_import
+from ._threads import Pending
 from .config import SegmentConfig, to_dict
 from .errors import InputError, UsageError
 from .frames import FrameStack, choose_window, parse_window, volume_to_frames
@@ -122,16 +121,7 @@ def _read_ahead(query: ImageInput | None, cfg: SegmentConfig) -> Callable[[], Vo
     reads in turn reports."""
     if query is None or not isinstance(query, (str, os.PathLike)):
         return lambda: None if query is None else load_query(query, cfg)
-    fut: Future = Future()
-
-    def read() -> None:
-        try:
-            fut.set_result(load_query(query, cfg))
-        except BaseException as exc:  # noqa: BLE001 - raised by fut.result()
-            fut.set_exception(exc)
-
-    threading.Thread(target=read, daemon=True, name="medseg-read-query").start()
-    return fut.result
+    return Pending(load_query, query, cfg, name="medseg-read-query").result
 
 
 def _volume(x: ImageInput, name: str, series: str | None) -> Volume:

@@ -11,12 +11,9 @@ model (the overrunning thread may still hold the old one; it is abandoned).
 from __future__ import annotations
 
 import logging
-import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
-from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +22,7 @@ import numpy as np
 
 from .. import export
 from .._lazy import lazy_import
+from .._threads import Pending
 from ..api import Segmenter
 from ..config import CohortSpec, OutputSpec, SegmentConfig
 from ..errors import MedsegError
@@ -94,20 +92,9 @@ def failed_row(query: Path, stem: str, exc: BaseException | str, seconds: float)
             if msg else type(exc).__name__, "frames": None, "seconds": round(seconds, 2)}
 
 
-def in_background(fn: Callable[..., Any], *args: Any) -> Future:
-    """``fn(*args)`` in a daemon thread (one the interpreter does not wait for at exit, so
-    a step that hangs cannot keep the process alive)."""
-    fut: Future = Future()
-
-    def work() -> None:
-        if fut.set_running_or_notify_cancel():
-            try:
-                fut.set_result(fn(*args))
-            except BaseException as exc:  # travels with the future
-                fut.set_exception(exc)
-
-    threading.Thread(target=work, daemon=True, name="medseg-cohort").start()
-    return fut
+def in_background(fn: Callable[..., Any], *args: Any) -> Pending:
+    """``fn(*args)`` in a daemon thread (see :class:`~medseg._threads.Pending`)."""
+    return Pending(fn, *args, name="medseg-cohort")
 
 
 class QueryTimeout(Exception):
@@ -128,7 +115,7 @@ class CohortRunner:
         stems = list(stems or output_stems(queries))
         rows: list[dict] = []
         todo = [(q, s) for q, s in zip(queries, stems) if not self._done(q, s, rows, progress)]
-        pending: tuple[Future, Path, str, float] | None = None
+        pending: tuple[Pending, Path, str, float] | None = None
         nxt = in_background(self._load, todo[0][0]) if todo else None
         try:
             for i, (q, stem) in enumerate(todo):
@@ -149,17 +136,17 @@ class CohortRunner:
         order = {s: i for i, s in enumerate(stems)}
         return sorted(rows, key=lambda r: order[r["stem"]])
 
-    def _wait(self, fut: Future, t0: float) -> Any:
+    def _wait(self, fut: Pending, t0: float) -> Any:
         """The step's result within what is left of the query's time limit."""
         left = None if self.timeout is None else max(0.0, self.timeout - (time.perf_counter()
                                                                             - t0))
         try:
             return fut.result(timeout=left)
-        except FutureTimeout:
+        except TimeoutError:
             raise QueryTimeout(f"no result within --query-timeout {self.timeout:g} s; "
                                "recorded as failed, the rest went on") from None
 
-    def _segment(self, loaded: Future, t0: float) -> Any:
+    def _segment(self, loaded: Pending, t0: float) -> Any:
         query = self._wait(loaded, t0)
         if isinstance(query, BaseException):
             raise query
@@ -174,7 +161,7 @@ class CohortRunner:
             self.seg = Segmenter(self.seg.config, progress=self.seg.progress)
         self._finish(rows, failed_row(q, stem, exc, time.perf_counter() - t0), progress, exc)
 
-    def _collect(self, rows: list, pending: tuple[Future, Path, str, float],
+    def _collect(self, rows: list, pending: tuple[Pending, Path, str, float],
                  progress: Progress | None) -> None:
         fut, q, stem, t0 = pending
         try:

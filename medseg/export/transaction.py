@@ -196,7 +196,7 @@ class OutputTransaction:
             return
         with ThreadPoolExecutor(min(WRITERS, len(staged))) as pool:
             futures = [pool.submit(self._write, *item) for item in staged]
-        for f in futures:
+        for f in futures:  # all done: leaving the pool joined its threads
             f.result()
 
     def _stage(self, path: Path) -> Path:

@@ -148,11 +148,13 @@ def prepare_support(support: SupportScan, plan: LabelPlan, query: FrameStack,
 def _side_by_side(work: Callable[[int], T], items: Sequence[int]) -> list[T]:
     """``[work(i) for i in items]``, run side by side in threads (each support slice's
     resampling runs without holding the interpreter); results and the first error in
-    ``items``' order, as in turn."""
+    ``items``' order, as in turn. Collected once the threads have ended: leaving the pool
+    joins them (a wait a signal cannot break, see :mod:`medseg._threads`)."""
     if len(items) < 2:
         return [work(i) for i in items]
     with ThreadPoolExecutor(min(len(items), os.cpu_count() or 1, 4)) as pool:
-        return list(pool.map(work, items))
+        futures = [pool.submit(work, i) for i in items]
+    return [f.result() for f in futures]
 
 
 def _bank_of(how: _Placing, masks: dict[int, np.ndarray], entries: list[PlanEntry],
