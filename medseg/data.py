@@ -103,8 +103,9 @@ class Case:
 SILVER = "silver: TotalSegmentator model output shipped with its tests (not expert-drawn)"
 PYRAD = "manual tumour masks shipped as pyradiomics test data (expert status not stated)"
 LUNGS = ("support: lungs of 3D Slicer's sample segmentation (slicerio test data); query: "
-         "derived -- air below -400 HU inside the body, components over 50 ml, split into "
-         "right and left at the body's midline (bronchi included where connected)")
+         "derived -- air below -400 HU inside the body, components over 50 ml that are not "
+         "gas (mean above -900 HU), split into right and left at the body's midline "
+         "(bronchi included where connected)")
 HEAD = ("derived on both scans: the head (MR signal above an Otsu threshold, holes filled, "
         "largest component)")
 CASES: dict[str, Case] = {
@@ -260,8 +261,17 @@ def fetch(names: tuple[str, ...] | None = None, *, progress: bool = True, timeou
     return root
 
 
+# what the derived references are made by; a cache written by another derivation is
+# derived again (2: gas pockets below GAS_HU are not lung)
+DERIVATION = "2"
+
+
 def _derive(root: Path) -> None:
     """Derived references: the DICOM case's on its grid, lungs and heads by thresholds."""
+    stamp = root / "derived" / ".derivation"
+    if (root / "derived").is_dir() and (
+            not stamp.is_file() or stamp.read_text().strip() != DERIVATION):
+        shutil.rmtree(root / "derived", ignore_errors=True)
     if (root / "totalsegmentator").is_dir():
         _write_derived(root / "derived" / "example_seg_dicom_on_query.nii.gz",
                        lambda: _dicom_reference(root))
@@ -271,6 +281,8 @@ def _derive(root: Path) -> None:
                            lambda n=n: derived_lungs(root / PR / f"lung{n}_image.nrrd"))
             _write_derived(root / "derived" / f"brain{n}_head.nii.gz",
                            lambda n=n: derived_head(root / PR / f"brain{n}_image.nrrd"))
+    if (root / "derived").is_dir():
+        stamp.write_text(DERIVATION)
 
 
 def _write_derived(out: Path, make) -> None:
@@ -291,17 +303,26 @@ def _dicom_reference(root: Path):
     return sitk.Resample(ref, query, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
 
 
+# a part of the air inside the body whose mean is below this is gas (stomach, bowel), not
+# lung: lung tissue holds vessels and walls (the lungs of the two chest CTs average -845 to
+# -804 HU, the stomach's gas under the left lung of the second -957 HU)
+GAS_HU = -900.0
+
+
 def derived_lungs(path: Path):
-    """Right (1) and left (2) lung of a chest CT: air inside the body, split at the midline."""
+    """Right (1) and left (2) lung of a chest CT: the parts of the air inside the body over
+    50 ml that are not gas (mean above :data:`GAS_HU`), split at the midline."""
     v = read_image(path)
     a = v.array
     body = np.stack([ndimage.binary_fill_holes(s) for s in ndimage.binary_opening(a > -500,
                                                                                   iterations=2)])
     air = ndimage.binary_opening((a < -400) & body, iterations=1)
-    lab, _ = ndimage.label(air)
+    lab, n = ndimage.label(air)
     sizes = np.bincount(lab.ravel()) * float(np.prod(v.spacing)) / 1000.0
     sizes[0] = 0
-    lungs = np.isin(lab, np.nonzero(sizes >= 50)[0])
+    mean = np.zeros(n + 1)
+    mean[1:] = ndimage.mean(a, lab, np.arange(1, n + 1))
+    lungs = np.isin(lab, np.nonzero((sizes >= 50) & (mean > GAS_HU))[0])
     xs = np.nonzero(body.any(axis=(0, 1)))[0]
     mid = (xs.min() + xs.max()) / 2.0
     x = np.arange(a.shape[2])[None, None, :]

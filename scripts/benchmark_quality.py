@@ -412,7 +412,10 @@ def main() -> None:
             rows += cross_corrections(seg, case, root, tmp, args, ks)
             write(rows, args, ckpt_sha, table=False)  # what is done is kept
             print(f"done {case.name}", file=sys.stderr)
-        for scan in [] if args.corrections_only else scans(cases, scan_cases, root):
+        todo = [] if args.corrections_only else scans(cases, scan_cases, root)
+        if args.scans is not None:
+            todo = [s for s in todo if s.name in args.scans.split(",")]
+        for scan in todo:
             rows += in_scan(seg, scan, tmp, args, ks)
             write(rows, args, ckpt_sha, table=False)
             print(f"done {scan.name} (in-scan)", file=sys.stderr)
@@ -478,6 +481,8 @@ def parse():
     ap.add_argument("--corrections-only", action="store_true",
                     help="only the corrections curves from one painted slice on another scan")
     ap.add_argument("--scan-cases", default="", help="in-scan-only cases (--held-out: all)")
+    ap.add_argument("--scans", default=None, help="only these scans' in-scan rows, by name "
+                    "(e.g. ct-chest-lungs-2:query; empty: none)")
     ap.add_argument("--merge", type=Path, nargs="+", help="combine the results of runs on parts "
                     "of the cases (their --out folders) into --out, rows in the usual order")
     args = ap.parse_args()
