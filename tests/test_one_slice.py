@@ -268,10 +268,6 @@ def _completion_of(new: dict[int, int], drawn: dict[int, int], kept: dict[int, i
     # the user's slices cannot carry the structure): those slices are kept beside it
     ({4: 11, 5: 0}, {3: 20, 6: 0}, {4: 30, 5: 30}, {4: 30, 5: 30}),
     ({4: 1, 5: 0, 7: 3}, {3: 20}, {4: 30, 5: 30}, {4: 30, 5: 30, 7: 3}),
-    # ... or the user's largest slice is under 0.2 of the previous result's largest (small
-    # slices at the structure's edge): kept beside it too, though the estimate holds 0.75
-    ({4: 30, 5: 30}, {3: 7}, {4: 40, 5: 40}, {4: 40, 5: 40}),
-    ({4: 30, 5: 30}, {3: 8}, {4: 40, 5: 40}, {4: 30, 5: 30}),  # 8 of 40: 0.2
 ])
 def test_what_a_correction_keeps_of_the_previous_result(new, drawn, kept, expect):
     from medseg.support.complete import keep_previous

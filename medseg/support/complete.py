@@ -25,7 +25,7 @@ painted one -- medseg estimates the structure on every other slice of that scan:
 
 Drawn slices always come back exactly as drawn (an empty drawn slice: absent there). A
 corrected result keeps the slices the user left as they were when the correction only
-erases, or when the user's slices cannot carry the structure (:func:`keep_previous`).
+erases, or when the estimate from the user's slices collapses (:func:`keep_previous`).
 
 The candidates measured for the weight-free method, on the first seven example cases
 (``scripts/benchmark_completion.py``, ``benchmarks/completion/``): scikit-image's
@@ -83,12 +83,10 @@ class CompletionParams:
     between: str = "union"  # a frame reached from two drawn frames: both estimates (union)
     # a corrected result estimated again from the user's slices that keeps less than this
     # share of what the previous result had on the slices the user left as they were has
-    # collapsed, and user's slices whose largest mask is under this share of the previous
-    # result's largest slice cannot carry the structure (slices at its edges): then those
-    # slices are kept beside the new estimate (:func:`keep_previous`). Set on the
-    # corrections curves of the example cases (``benchmarks/quality/``), where it keeps the
-    # head and the lungs from collapsing after corrections at their edges; not on held-out
-    # cases.
+    # collapsed (the user's slices cannot carry the structure, e.g. a small slice at its
+    # edge): those slices are kept beside the new estimate (:func:`keep_previous`). Set on
+    # the corrections curves of the example cases (``benchmarks/quality/``), where it keeps
+    # the head and a lung from collapsing after one correction; not on held-out cases.
     collapse_ratio: float = 0.2
 
 
@@ -387,24 +385,19 @@ def keep_previous(c: Completion, drawn: Drawn, p: CompletionParams = COMPLETION)
     """What a corrected result keeps of the previous one (``drawn.kept``: the slices the
     user left as they were). With a painted or redrawn slice the structure is estimated
     again from the user's slices (the stop rule deciding where it ends, so slices found
-    beyond it are cut back) -- unless the user's slices cannot carry the structure: the
-    estimate has collapsed (it holds less than :attr:`~CompletionParams.collapse_ratio` of
-    what the previous result had on those slices), or the largest of the user's masks is
-    under that share of the previous result's largest slice (small slices at the
-    structure's edges, carried through its middle, stay small). Then, as when the user only
-    erased slices (nothing to estimate from), every untouched slice is kept, beside the new
-    estimate: a correction never loses most of a result."""
+    beyond it are cut back) -- unless that estimate has collapsed: it holds less than
+    :attr:`~CompletionParams.collapse_ratio` of what the previous result had on those
+    slices (the user's slices cannot carry the structure, e.g. a small slice at its edge).
+    Then, as when the user only erased slices (nothing to estimate from), every untouched
+    slice is kept, beside the new estimate: a correction never loses most of a result."""
     kept = [f for f in drawn.kept if not c.drawn[f]]
     if not kept:
         return
     if drawn.painted:
         before = sum(int(drawn.kept[f].sum()) for f in kept)
         now = sum(int(c.masks[f].sum()) for f in kept)
-        largest = max(int(drawn.frames[f].sum()) for f in drawn.painted)
-        previous = max(int(drawn.kept[f].sum()) for f in kept)
         c.info["estimate_over_previous"] = round(now / max(before, 1), 3)
-        c.info["largest_drawn_over_previous"] = round(largest / max(previous, 1), 3)
-        if now >= p.collapse_ratio * before and largest >= p.collapse_ratio * previous:
+        if now >= p.collapse_ratio * before:
             return
     for f in kept:
         c.masks[f] |= drawn.kept[f]

@@ -7,8 +7,8 @@ what medseg keeps exactly and what it estimates:
   another editor): the slices the record says were drawn, and every slice whose mask
   differs from the estimate the record fingerprinted -- a corrected slice, a newly painted
   one, or an erased one (drawn empty: "the structure is not here"); the slices left as
-  they were are kept when the only changes are erasures, or when the user's slices cannot
-  carry the structure (:func:`~medseg.support.complete.keep_previous`);
+  they were are kept when the only changes are erasures, or when the estimate from the
+  user's slices collapses (:func:`~medseg.support.complete.keep_previous`);
 * a label that already covers the structure in 3D -- its labelled slices form one
   unbroken run of at least :data:`FULL_LABEL_MIN_SLICES` -- is taken as it is (an atlas,
   TotalSegmentator's output, a full manual segmentation);
@@ -39,8 +39,8 @@ class Drawn:
     full: bool  # the label already covers the structure in 3D: nothing to complete
     source: str  # "painted", "3d label", "record" (from a medseg slice record)
     # a previous result's estimates the user left as they were (frame -> mask): kept when
-    # the user only erased slices (nothing to estimate from) or the user's slices cannot
-    # carry the structure, so a correction never loses most of it
+    # the user only erased slices (nothing to estimate from) or the estimate from the
+    # user's slices collapsed, so a correction never loses most of the structure
     kept: dict[int, np.ndarray] = field(default_factory=dict)
 
     @property
