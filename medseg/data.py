@@ -317,11 +317,11 @@ def derived_lungs(path: Path):
     body = np.stack([ndimage.binary_fill_holes(s) for s in ndimage.binary_opening(a > -500,
                                                                                   iterations=2)])
     air = ndimage.binary_opening((a < -400) & body, iterations=1)
-    lab, n = ndimage.label(air)
-    sizes = np.bincount(lab.ravel()) * float(np.prod(v.spacing)) / 1000.0
+    lab, _ = ndimage.label(air)
+    counts = np.bincount(lab.ravel())
+    mean = np.bincount(lab.ravel(), weights=a.ravel()) / np.maximum(counts, 1)
+    sizes = counts * float(np.prod(v.spacing)) / 1000.0
     sizes[0] = 0
-    mean = np.zeros(n + 1)
-    mean[1:] = ndimage.mean(a, lab, np.arange(1, n + 1))
     lungs = np.isin(lab, np.nonzero((sizes >= 50) & (mean > GAS_HU))[0])
     xs = np.nonzero(body.any(axis=(0, 1)))[0]
     mid = (xs.min() + xs.max()) / 2.0

@@ -414,7 +414,8 @@ def main() -> None:
             print(f"done {case.name}", file=sys.stderr)
         todo = [] if args.corrections_only else scans(cases, scan_cases, root)
         if args.scans is not None:
-            todo = [s for s in todo if s.name in args.scans.split(",")]
+            keep = set(args.scans.split(","))
+            todo = [s for s in todo if s.name in keep]
         for scan in todo:
             rows += in_scan(seg, scan, tmp, args, ks)
             write(rows, args, ckpt_sha, table=False)
