@@ -8,6 +8,7 @@ import dataclasses
 import numpy as np
 import pytest
 from conftest import TRANSFER, phantom, run_cli, write_dicom_series
+from scipy import ndimage
 
 from medseg import data
 from medseg.api import Segmenter
@@ -17,7 +18,7 @@ from medseg.labels import read_support_label
 from medseg.labels.record import SliceRecord, fingerprint
 from medseg.pipeline import same_scan
 from medseg.support.complete import COMPLETION, complete_by_registration
-from medseg.support.drawn import drawn_of
+from medseg.support.drawn import Drawn, drawn_of
 
 run = run_cli
 
@@ -277,6 +278,45 @@ def test_what_a_correction_keeps_of_the_previous_result(new, drawn, kept, expect
     assert {f: int(c.masks[f].sum()) for f in expect} == expect
     for f, a in drawn.items():
         assert int(c.masks[f].sum()) == a  # the user's own slices untouched
+
+
+def test_a_correction_at_a_structures_edges_grows_into_the_previous_result():
+    """A user corrects the base and apex of a lung (pyradiomics' lung2 CT, the slices the
+    corrections curve picks) and leaves a previous result that over-covers it on the rest.
+    Carried from those small slices alone the lung falls short where it widens fast (about
+    40 % of its area mid-lung); growing into the previous result's clearly-lung pixels
+    fills it, without leaving that result. An estimate that collapsed, or one without a
+    previous result (painted slices), is not grown."""
+    root = data.fetch(("pyradiomics",), progress=False)
+    img = read_image(root / data.PR / "lung2_image.nrrd")
+    ref = read_image(root / "derived" / "lung2_lungs.nii.gz").array == 1  # right lung
+    raw = label_to_frames(img.with_array(img.array.astype(np.float32)))
+    truth = label_to_frames(img.with_array(ref.astype(np.uint8))).astype(bool)
+    spacing = volume_to_frames(img).spacing
+    edges = [5, 7, 57, 58]
+    assert truth[edges].sum() < 0.05 * truth.sum(axis=(1, 2)).max() * len(edges)
+    over = np.stack([ndimage.binary_dilation(m, iterations=6) for m in truth])
+    drawn = Drawn({f: truth[f] for f in edges}, False, "record",
+                  {f: over[f] for f in range(len(truth)) if f not in edges})
+
+    def dice(m):
+        return 2 * (m & truth).sum() / (m.sum() + truth.sum())
+
+    off = dataclasses.replace(COMPLETION, grow_in_previous=False)
+    short = complete_by_registration(raw, spacing, drawn, off).masks
+    grown = complete_by_registration(raw, spacing, drawn).masks
+    assert dice(short) < 0.7 and short.sum() < 0.6 * truth.sum(), dice(short)
+    assert dice(grown) > 0.9, dice(grown)  # 0.59 -> 0.94 when measured
+    assert (grown & ~over).sum() < 0.02 * grown.sum()  # it grew into the previous result
+    for f in edges:
+        assert np.array_equal(grown[f], truth[f])
+    # an estimate that collapsed (judged without the growth) is not grown: the previous
+    # result is kept beside it instead (keep_previous)
+    high = dataclasses.replace(COMPLETION, collapse_ratio=0.99)
+    assert np.array_equal(complete_by_registration(raw, spacing, drawn, high).masks, short)
+    painted = Drawn({f: truth[f] for f in edges}, False, "painted")
+    assert np.array_equal(complete_by_registration(raw, spacing, painted).masks,
+                          complete_by_registration(raw, spacing, painted, off).masks)
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,11 @@ painted one -- medseg estimates the structure on every other slice of that scan:
   (:attr:`tail_growth`): a lung's thin apex, or its base wrapped round the diaphragm's
   dome, which the carried mask no longer fits.
   A frame reached from two drawn slices (between them) takes both estimates together
-  (their union, :attr:`CompletionParams.between`).
+  (their union, :attr:`CompletionParams.between`). **Corrections**: on a corrected result
+  whose estimate from the user's slices has not collapsed (:func:`keep_previous`), the
+  walks are run again, growing frame by frame into the clearly-structure pixels next to
+  the mask that the previous result held on that frame (:attr:`grow_in_previous`), so that
+  small corrected slices at a structure's edges can carry it where it widens fast.
 * **SAM2** (:func:`complete_with_sam2`): SAM2's own interactive video mode on the scan --
   every drawn slice a mask prompt (``add_new_mask``), propagated forward from the first
   prompt and backward from it; SAM2's object score decides where the structure ends.
@@ -76,6 +80,14 @@ class CompletionParams:
     # the tail off. Set on the lung cases of the first seven (benchmarks/completion/)
     tail_growth: float = 1.2
     tail_reach_mm: float = 5.0
+    # on a corrected result whose estimate from the user's slices has not collapsed (see
+    # collapse_ratio, judged on that estimate alone), the walk also takes, frame by frame,
+    # the clearly-structure pixels within tail_reach_mm of its mask, touching it, that the
+    # previous result held on that frame (a slice the user left as it was): from small
+    # slices at a structure's edges the carried mask otherwise falls short where the
+    # structure widens fast. Set on ct-chest-lungs-2's corrections curve
+    # (benchmarks/quality/); False turns it off
+    grow_in_previous: bool = True
     open_mm: float = 2.0  # opening that cuts thin bridges to neighbours
     min_area: float = 0.01  # of the largest drawn mask: smaller estimates end the structure
     demons_iterations: int = 50
@@ -228,9 +240,11 @@ def _parts_touching(cur: np.ndarray, by: np.ndarray, r: int) -> np.ndarray:
 
 
 def _walk(w: _Work, start: np.ndarray, first: int, stop: int, step: int, amax: int,
-          p: CompletionParams) -> tuple[dict[int, np.ndarray], str]:
+          p: CompletionParams, previous: dict[int, np.ndarray] | None = None
+          ) -> tuple[dict[int, np.ndarray], str]:
     """From a drawn frame's mask outwards until the stop rule (or ``stop``): the estimates
-    and why the walk ended."""
+    and why the walk ended. ``previous``: a corrected result's untouched frames (working
+    grid), which the mask may grow into (:attr:`~CompletionParams.grow_in_previous`)."""
     out: dict[int, np.ndarray] = {}
     prev = start
     for f in range(first, stop, step):
@@ -242,6 +256,8 @@ def _walk(w: _Work, start: np.ndarray, first: int, stop: int, step: int, amax: i
         cur = _refine(w, warped, f, p)
         if cur.sum() < max(4, p.min_area * amax):
             return out, f"frame {f}: smaller than {p.min_area:.0%} of the drawn mask"
+        if previous and f in previous:
+            cur = cur | _near_clear(w, cur, f, p, previous[f])
         out[f] = prev = cur
     return out, "reached a drawn frame or the end of the scan"
 
@@ -260,12 +276,21 @@ def _go_on(w: _Work, est: dict[int, np.ndarray], start: np.ndarray, k: int, stop
     return f"; went on {grown} frame(s) on its clearly-structure pixels" if grown else ""
 
 
+def _near_clear(w: _Work, prev: np.ndarray, f: int, p: CompletionParams,
+                within: np.ndarray | None = None) -> np.ndarray:
+    """Frame ``f``'s clearly-structure pixels (inside ``within``, if given) within
+    :attr:`tail_reach_mm` of ``prev``, in components overlapping it."""
+    near = ndimage.binary_dilation(prev, _disk(max(1, round(p.tail_reach_mm / w.pixel_mm))))
+    if within is not None:
+        near &= within
+    return _parts_touching((w.llr[f] > p.pixel_llr) & near, prev,
+                           max(0, round(p.open_mm / w.pixel_mm)))
+
+
 def _tail(w: _Work, prev: np.ndarray, f: int, p: CompletionParams) -> np.ndarray | None:
     """Frame ``f``'s clearly-structure pixels near ``prev`` (components overlapping it,
     within :attr:`tail_reach_mm`), or None where they end or grow."""
-    near = ndimage.binary_dilation(prev, _disk(max(1, round(p.tail_reach_mm / w.pixel_mm))))
-    cur = _parts_touching((w.llr[f] > p.pixel_llr) & near, prev,
-                          max(0, round(p.open_mm / w.pixel_mm)))
+    cur = _near_clear(w, prev, f, p)
     area = int(cur.sum())
     if area < 4 or area > p.tail_growth * prev.sum():
         return None
@@ -287,16 +312,37 @@ def complete_by_registration(raw: np.ndarray, spacing: tuple[float, float, float
     """
     t0 = time.perf_counter()
     n = len(raw)
-    painted = drawn.painted
-    masks = np.zeros(raw.shape, bool)
-    for f, m in drawn.frames.items():
-        masks[f] = m
-    if not painted:
+    if not drawn.painted:
+        masks = np.zeros(raw.shape, bool)
+        for f, m in drawn.frames.items():
+            masks[f] = m
         return Completion(masks, drawn.flags(n), "registration", {"note": "nothing painted"})
     w = _prepare(raw, spacing, drawn, p)
     small = {f: m[w.box[0], w.box[1]][::w.step[0], ::w.step[1]] for f, m in drawn.frames.items()}
+    on_full = _walks(w, small, n, raw.shape[1:], p)
+    info = {}
+    if p.grow_in_previous and drawn.kept:
+        ratio = estimate_over_previous(on_full[0], drawn)
+        if ratio is not None and ratio >= p.collapse_ratio:  # the user's slices carry it
+            previous = {f: m[w.box[0], w.box[1]][::w.step[0], ::w.step[1]]
+                        for f, m in drawn.kept.items()}
+            on_full = _walks(w, small, n, raw.shape[1:], p, previous)
+            info["grown_into_previous_result"] = True
+    found, ends = on_full
+    for f, m in drawn.frames.items():
+        found[f] = m
+    return Completion(found, drawn.flags(n), "registration",
+                      {"seconds": round(time.perf_counter() - t0, 3), "ends": ends,
+                       "pixel_mm": round(w.pixel_mm, 3), **info})
+
+
+def _walks(w: _Work, small: dict[int, np.ndarray], n: int, shape: tuple[int, int],
+           p: CompletionParams, previous: dict[int, np.ndarray] | None = None
+           ) -> tuple[np.ndarray, dict[str, str]]:
+    """The walks from every drawn frame both ways (the drawn frames' own masks not set):
+    the estimates on the full frames and why each walk ended."""
     amax = max(int(m.sum()) for m in small.values())
-    keys = sorted(drawn.frames)
+    keys = sorted(small)
     walks: dict[int, list[tuple[int, np.ndarray]]] = {}
     ends = {}
     for i, k in enumerate(keys):
@@ -304,17 +350,16 @@ def complete_by_registration(raw: np.ndarray, spacing: tuple[float, float, float
             continue  # an empty drawn frame stops the walks that reach it
         for step, stop in ((1, keys[i + 1] if i + 1 < len(keys) else n),
                            (-1, keys[i - 1] if i > 0 else -1)):
-            est, why = _walk(w, small[k], k + step, stop, step, amax, p)
+            est, why = _walk(w, small[k], k + step, stop, step, amax, p, previous)
             if p.tail_growth > 0 and not why.startswith("reached"):
                 why += _go_on(w, est, small[k], k, stop, step, p)
             ends[f"from {k} {'up' if step > 0 else 'down'}"] = why
             for f, m in est.items():
                 walks.setdefault(f, []).append((k, m))
+    masks = np.zeros((n, *shape), bool)
     for f, found in walks.items():
-        masks[f] = _upsample(_between(f, found, small, p.between), w, raw.shape[1:])
-    return Completion(masks, drawn.flags(n), "registration",
-                      {"seconds": round(time.perf_counter() - t0, 3), "ends": ends,
-                       "pixel_mm": round(w.pixel_mm, 3)})
+        masks[f] = _upsample(_between(f, found, small, p.between), w, shape)
+    return masks, ends
 
 
 def _between(f: int, found: list[tuple[int, np.ndarray]], drawn: dict[int, np.ndarray],
@@ -381,6 +426,16 @@ def complete_with_sam2(engine: Sam2Engine, frames: np.ndarray, drawn: list[Drawn
     return result
 
 
+def estimate_over_previous(masks: np.ndarray, drawn: Drawn) -> float | None:
+    """What an estimate holds on the slices the user left as they were, over what the
+    previous result held there (None: no such slice)."""
+    kept = [f for f in drawn.kept if f not in drawn.frames]
+    if not kept:
+        return None
+    before = sum(int(drawn.kept[f].sum()) for f in kept)
+    return sum(int(masks[f].sum()) for f in kept) / max(before, 1)
+
+
 def keep_previous(c: Completion, drawn: Drawn, p: CompletionParams = COMPLETION) -> None:
     """What a corrected result keeps of the previous one (``drawn.kept``: the slices the
     user left as they were). With a painted or redrawn slice the structure is estimated
@@ -394,10 +449,9 @@ def keep_previous(c: Completion, drawn: Drawn, p: CompletionParams = COMPLETION)
     if not kept:
         return
     if drawn.painted:
-        before = sum(int(drawn.kept[f].sum()) for f in kept)
-        now = sum(int(c.masks[f].sum()) for f in kept)
-        c.info["estimate_over_previous"] = round(now / max(before, 1), 3)
-        if now >= p.collapse_ratio * before:
+        ratio = estimate_over_previous(c.masks, drawn)
+        c.info["estimate_over_previous"] = round(ratio, 3)
+        if ratio >= p.collapse_ratio:
             return
     for f in kept:
         c.masks[f] |= drawn.kept[f]

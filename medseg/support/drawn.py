@@ -6,9 +6,11 @@ what medseg keeps exactly and what it estimates:
 * a label with a medseg **slice record** (a previous result, corrected in 3D Slicer or
   another editor): the slices the record says were drawn, and every slice whose mask
   differs from the estimate the record fingerprinted -- a corrected slice, a newly painted
-  one, or an erased one (drawn empty: "the structure is not here"); the slices left as
-  they were are kept when the only changes are erasures, or when the estimate from the
-  user's slices collapses (:func:`~medseg.support.complete.keep_previous`);
+  one, or an erased one (drawn empty: "the structure is not here"); the estimate from the
+  user's slices may grow into what the slices left as they were held
+  (:attr:`~medseg.support.complete.CompletionParams.grow_in_previous`), and those slices
+  are kept when the only changes are erasures, or when that estimate collapses
+  (:func:`~medseg.support.complete.keep_previous`);
 * a label that already covers the structure in 3D -- its labelled slices form one
   unbroken run of at least :data:`FULL_LABEL_MIN_SLICES` -- is taken as it is (an atlas,
   TotalSegmentator's output, a full manual segmentation);
@@ -38,9 +40,10 @@ class Drawn:
     frames: dict[int, np.ndarray]  # drawn frame -> its mask as drawn (an empty mask: absent)
     full: bool  # the label already covers the structure in 3D: nothing to complete
     source: str  # "painted", "3d label", "record" (from a medseg slice record)
-    # a previous result's estimates the user left as they were (frame -> mask): kept when
-    # the user only erased slices (nothing to estimate from) or the estimate from the
-    # user's slices collapsed, so a correction never loses most of the structure
+    # a previous result's estimates the user left as they were (frame -> mask): the
+    # estimate from the user's slices may grow into them; kept when the user only erased
+    # slices (nothing to estimate from) or that estimate collapsed, so a correction never
+    # loses most of the structure
     kept: dict[int, np.ndarray] = field(default_factory=dict)
 
     @property
