@@ -20,9 +20,10 @@ painted one -- medseg estimates the structure on every other slice of that scan:
   A frame reached from two drawn slices (between them) takes both estimates together
   (their union, :attr:`CompletionParams.between`). **Corrections**: on a corrected result
   whose estimate from the user's slices has not collapsed (:func:`keep_previous`), the
-  walks are run again, growing frame by frame into the clearly-structure pixels next to
-  the mask that the previous result held on that frame (:attr:`grow_in_previous`), so that
-  small corrected slices at a structure's edges can carry it where it widens fast.
+  walks are run again, growing into the clearly-structure pixels next to the mask that
+  the previous result held, on the frames where the carried mask falls clearly short of it
+  (:attr:`grow_in_previous`), so that small corrected slices at a structure's edges can
+  carry it where it widens fast.
 * **SAM2** (:func:`complete_with_sam2`): SAM2's own interactive video mode on the scan --
   every drawn slice a mask prompt (``add_new_mask``), propagated forward from the first
   prompt and backward from it; SAM2's object score decides where the structure ends.
@@ -81,13 +82,17 @@ class CompletionParams:
     tail_growth: float = 1.2
     tail_reach_mm: float = 5.0
     # on a corrected result whose estimate from the user's slices has not collapsed (see
-    # collapse_ratio, judged on that estimate alone), the walk also takes, frame by frame,
-    # the clearly-structure pixels within tail_reach_mm of its mask, touching it, that the
-    # previous result held on that frame (a slice the user left as it was): from small
-    # slices at a structure's edges the carried mask otherwise falls short where the
-    # structure widens fast. Set on ct-chest-lungs-2's corrections curve
-    # (benchmarks/quality/); False turns it off
+    # collapse_ratio, judged on that estimate alone), the walk also takes the clearly-
+    # structure pixels within tail_reach_mm of its mask, touching it, that the previous
+    # result held on a frame (a slice the user left as it was) -- on the frames where the
+    # carried mask holds less than grow_below of what the previous result held there: from
+    # small slices at a structure's edges the carried mask otherwise falls short where the
+    # structure widens fast. Set on the corrections curves (benchmarks/quality/): the
+    # growth on ct-chest-lungs-2's right lung across scans, grow_below on the in-scan
+    # curves of ct-chest-lungs:query and ct-liver-spleen:support, where growing on every
+    # frame added a rim of boundary pixels to a result that was right. False turns it off
     grow_in_previous: bool = True
+    grow_below: float = 0.8
     open_mm: float = 2.0  # opening that cuts thin bridges to neighbours
     min_area: float = 0.01  # of the largest drawn mask: smaller estimates end the structure
     demons_iterations: int = 50
@@ -256,7 +261,7 @@ def _walk(w: _Work, start: np.ndarray, first: int, stop: int, step: int, amax: i
         cur = _refine(w, warped, f, p)
         if cur.sum() < max(4, p.min_area * amax):
             return out, f"frame {f}: smaller than {p.min_area:.0%} of the drawn mask"
-        if previous and f in previous:
+        if previous and f in previous and cur.sum() < p.grow_below * previous[f].sum():
             cur = cur | _near_clear(w, cur, f, p, previous[f])
         out[f] = prev = cur
     return out, "reached a drawn frame or the end of the scan"
