@@ -30,6 +30,7 @@ import typer
 
 from . import config
 from . import options as opt
+from ._allocator import tune_allocator
 from ._lazy import available, lazy_import
 from ._version import __version__
 from .errors import (
@@ -449,6 +450,7 @@ def run() -> None:  # pragma: no cover - console script
     light = not argv or any(a in ("-h", "--help", "--version") for a in argv)
     if os.environ.get(WORKER) or light:
         signal.signal(signal.SIGTERM, _on_sigterm)
+        tune_allocator()
         finish(main(argv))
     sys.exit(supervise(argv))
 
@@ -500,4 +502,5 @@ def supervise(argv: list[str]) -> int:
 
 if __name__ == "__main__":  # pragma: no cover - python -m medseg.cli
     signal.signal(signal.SIGTERM, _on_sigterm)
+    tune_allocator()
     finish(main())
