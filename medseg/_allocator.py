@@ -6,25 +6,27 @@ large block (above a threshold that adapts between 128 KiB and 32 MiB) with a fr
 top of its heap beyond 128 KiB; the next batch of frames then faults the same memory in
 again, page by page. medseg's command-line process keeps that memory instead: blocks up to
 glibc's largest threshold come from the heap, and the heap is not trimmed below
-:data:`TRIM_THRESHOLD`. Measured on a 2-core CPU, the ``pair`` job of the speed benchmark
-(100 slices, image size 256), four interleaved runs each: 16.3 s against 17.0 s (median),
-1.9-2.4 s of system time against 3.4-3.9 s, peak memory 1.52-1.55 GB against 1.48-1.52 GB.
+:data:`TRIM_THRESHOLD`. What it saves is measured by ``scripts/benchmark_speed.py
+--allocator-ab`` (``benchmarks/speed/speed_cpu-256-pair-allocator.*``).
 
 Only the command-line process is tuned (the ``medseg`` command and ``python -m
-medseg.cli``), never a process that imports medseg as a library. Other C libraries (musl,
-macOS) have no ``mallopt``: nothing is changed there.
+medseg.cli``), never a process that imports medseg as a library; ``MEDSEG_MALLOC=default``
+in the environment keeps glibc's defaults (memory goes back to the system sooner). Other C
+libraries (musl, macOS) have no ``mallopt``: nothing is changed there.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 import sys
 
 M_TRIM_THRESHOLD = -1  # glibc's mallopt parameters (malloc.h)
 M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD = 32 << 20  # glibc's largest: blocks up to this come from the heap
 TRIM_THRESHOLD = 1 << 30  # free heap kept up to this before it is given back
+ENV = "MEDSEG_MALLOC"  # "default": leave glibc's thresholds as they are
 
 
 def tune_allocator() -> dict[str, bool]:
@@ -33,7 +35,7 @@ def tune_allocator() -> dict[str, bool]:
     Returns:
         Per setting whether the C library took it (empty where it has no ``mallopt``).
     """
-    if not sys.platform.startswith("linux"):
+    if not sys.platform.startswith("linux") or os.environ.get(ENV) == "default":
         return {}
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")

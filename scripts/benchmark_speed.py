@@ -202,8 +202,10 @@ def prepare(tmp: Path, size: int, hw: int) -> dict[str, Path]:
 CT_WINDOW = (-125.0, 275.0)  # abdomen, as medseg chooses for these volumes (in its report)
 
 
-def run_medseg(args, paths: dict, size: int, mode: str, ckpt: Path, tmp: Path) -> dict:
-    """``medseg segment`` in a fresh process (``scan``: the painted scan itself)."""
+def run_medseg(args, paths: dict, size: int, mode: str, ckpt: Path, tmp: Path,
+               env: dict | None = None, label: str = "") -> dict:
+    """``medseg segment`` in a fresh process (``scan``: the painted scan itself); ``env``
+    added to the environment, ``label`` added to the row's name."""
     out = tmp / f"out_{mode}_{size}"
     inputs = ["-s", str(paths["q"]), "-l", str(paths["painted"]), "--mode", "volume"] \
         if mode == "scan" else ["-s", str(paths["s"]), "-l", str(paths["l"]), "-i",
@@ -214,14 +216,14 @@ def run_medseg(args, paths: dict, size: int, mode: str, ckpt: Path, tmp: Path) -
            "--no-download"]
     cmd += ["--image-size", str(args.image_size)] if args.image_size else []
     cmd += ["--compile"] if args.compile else []
-    wall, cpu, rss, _, _ = timed(cmd, os.environ.copy())
+    wall, cpu, rss, _, _ = timed(cmd, {**os.environ, **(env or {})})
     rep = json.loads(next(out.glob("*_report.json")).read_text())
     if mode == "scan":
         drawn = sum(any(f.get("drawn") or []) for f in rep["per_frame"])
         frames_run = size - drawn  # every frame but the painted one
     else:
         frames_run = sum(g["propagation"].get("frames_run", 0) for g in rep["support_groups"])
-    rec = {"slices": size, "mode": f"medseg {mode}", "frames_run": frames_run,
+    rec = {"slices": size, "mode": f"medseg {mode}{label}", "frames_run": frames_run,
            "total_s": round(wall, 3), "cpu_s": round(cpu, 1),
            "slices_per_s": round(size / wall, 3), "peak_rss_mb": round(rss, 1)}
     rec.update({f"{k}_s": v for k, v in rep["timings_s"].items()})
@@ -292,11 +294,17 @@ def one_size(args, size: int, ckpt: Path, tmp: Path) -> list[dict]:
     """Every row of one volume length, each the median of ``--repeats`` runs (the runs of
     all rows interleaved, so that a slow spell of the machine hits every row alike);
     speed-ups against the raw rows of the same job."""
+    from medseg._allocator import ENV
+
     paths = prepare(tmp, size, args.hw)
     modes = [m for m in args.modes.split(",") if m]
     size_px = args.image_size or 1024
     jobs = {f"medseg {m}": (lambda m=m: run_medseg(args, paths, size, m, ckpt, tmp))
             for m in modes}
+    if args.allocator_ab:  # the same runs with glibc's own allocator thresholds
+        jobs.update({f"medseg {m} (glibc defaults)": (
+            lambda m=m: run_medseg(args, paths, size, m, ckpt, tmp, {ENV: "default"},
+                                   " (glibc defaults)")) for m in modes})
     if not args.no_raw:
         if any(m != "scan" for m in modes):
             jobs["raw sam2 (its part)"] = lambda: run_raw(args, paths, size, ckpt, size_px)
@@ -346,6 +354,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="runs per row (the median is kept)")
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--no-raw", action="store_true")
+    ap.add_argument("--allocator-ab", action="store_true",
+                    help="add each medseg row with glibc's default allocator thresholds "
+                         "(MEDSEG_MALLOC=default, see medseg/_allocator.py)")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/speed"))
     ap.add_argument("--tag", default=None, help="file name tag (default: cpu-<size> or the GPU)")
     args = ap.parse_args()

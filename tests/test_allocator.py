@@ -63,3 +63,13 @@ def test_the_command_line_process_keeps_large_blocks_on_the_heap():
 
 def test_importing_medseg_as_a_library_leaves_the_allocator_alone():
     assert _probe("import medseg, medseg.api, medseg.cli\nprobe()") == "mapped"
+
+
+def test_medseg_malloc_default_keeps_glibcs_thresholds():
+    assert _probe("""
+        import os
+        os.environ["MEDSEG_MALLOC"] = "default"
+        from medseg._allocator import tune_allocator
+        assert tune_allocator() == {}
+        probe()
+    """) == "mapped"

@@ -22,12 +22,13 @@ def _run(*args, timeout=900):
 def test_speed_benchmark_tiny(tmp_path):
     out = _run(ROOT / "scripts/benchmark_speed.py", "--sizes", "3", "--hw", "64", "--device",
                "cpu", "--image-size", "256", "--bank-size", "1", "--repeats", "1", "--out", tmp_path,
-               "--tag", "t")
+               "--tag", "t", "--allocator-ab")
     assert "slices_per_s" in out
     data = json.loads((tmp_path / "speed_t.json").read_text())
     rows = {r["mode"]: r for r in data["rows"]}
     assert set(rows) == {"medseg pair", "medseg volume", "medseg scan", "raw sam2 (its part)",
-                         "raw sam2 (end to end)", "raw sam2 scan (end to end)"}
+                         "raw sam2 (end to end)", "raw sam2 scan (end to end)",
+                         *(f"medseg {m} (glibc defaults)" for m in ("pair", "volume", "scan"))}
     pair, raw, peer = rows["medseg pair"], rows["raw sam2 (its part)"], \
         rows["raw sam2 (end to end)"]
     # like for like: the same frames run on both sides, stated in every row
