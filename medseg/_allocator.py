@@ -18,7 +18,6 @@ libraries (musl, macOS) have no ``mallopt``: nothing is changed there.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import sys
 
@@ -38,8 +37,7 @@ def tune_allocator() -> dict[str, bool]:
     if not sys.platform.startswith("linux") or os.environ.get(ENV) == "default":
         return {}
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
+        mallopt = ctypes.CDLL(None).mallopt  # the process's own C library
     except (OSError, AttributeError):
         return {}
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
